@@ -1,0 +1,1 @@
+"""ragstream's contracts package: event schemas, settings, logging and store adapters."""

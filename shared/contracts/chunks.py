@@ -1,0 +1,49 @@
+"""What the chunker publishes on the chunks stream (`rag.chunks`)."""
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+
+from shared.contracts.base import Event
+from shared.contracts.docs import DocDelete, DocId, DocVersion
+
+_CHUNK_NAMESPACE = uuid.UUID("6f0c2a52-7d1e-4b8e-9a51-2f4e3f7f6a10")
+
+
+def chunk_id(doc_id: str, ordinal: int, chunk_hash: str) -> str:
+    """Deterministic chunk identity: a replay of the same event yields the same ids."""
+    return str(uuid.uuid5(_CHUNK_NAMESPACE, f"{doc_id}\x00{ordinal}\x00{chunk_hash}"))
+
+
+class Chunk(BaseModel):
+    """One retrievable piece of a document, with its place in the original text."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    chunk_id: str
+    ordinal: Annotated[int, Field(ge=0)]
+    text: str
+    char_start: Annotated[int, Field(ge=0)]
+    char_end: Annotated[int, Field(ge=0)]
+    section_path: tuple[str, ...] = ()
+    n_tokens: Annotated[int, Field(ge=0)]
+
+
+class ChunkedDoc(Event):
+    """A document version's complete, ordered chunk list."""
+
+    type: Literal["chunked"] = "chunked"
+    doc_id: DocId
+    version: DocVersion
+    title: str
+    source: str
+    metadata: dict[str, JsonValue]
+    content_hash: str
+    doc_emitted_at: datetime
+    chunks: tuple[Chunk, ...]
+
+
+ChunkEvent = Annotated[ChunkedDoc | DocDelete, Field(discriminator="type")]
+CHUNK_EVENT: TypeAdapter[ChunkedDoc | DocDelete] = TypeAdapter(ChunkEvent)

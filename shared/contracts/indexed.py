@@ -1,0 +1,31 @@
+"""Freshness acknowledgements the embedder publishes on the indexed stream (`rag.indexed`)."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from shared.contracts.base import Event
+from shared.contracts.docs import DocId, DocVersion
+
+
+class IndexOutcome(StrEnum):
+    INDEXED = "indexed"
+    DELETED = "deleted"
+    STALE = "stale"
+    """An older version than the index holds: dropped, the index is unchanged."""
+
+
+class DocIndexed(Event):
+    """Doc `doc_id` at `version` is now what the index serves (or was stale and dropped)."""
+
+    type: Literal["indexed"] = "indexed"
+    doc_id: DocId
+    version: DocVersion
+    outcome: IndexOutcome
+    n_chunks: int
+    doc_emitted_at: datetime
+    indexed_at: datetime
+
+    @property
+    def freshness_ms(self) -> float:
+        return (self.indexed_at - self.doc_emitted_at).total_seconds() * 1000

@@ -1,0 +1,71 @@
+"""The query path: client queries and the candidates each stage hands to the next."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.contracts.base import Event
+
+QueryText = Annotated[str, Field(min_length=1, max_length=4000)]
+
+
+class Query(Event):
+    """A client's question, published on the queries stream (`rag.queries`)."""
+
+    type: Literal["query"] = "query"
+    query_id: Annotated[str, Field(min_length=1, max_length=200)]
+    text: QueryText
+    top_k_retrieve: Annotated[int, Field(ge=1, le=200)] = 20
+    top_n: Annotated[int, Field(ge=1, le=50)] = 5
+    filters: dict[str, str] | None = None
+    reply_to: str | None = None
+    stream: bool = False
+
+
+class Candidate(BaseModel):
+    """A retrieved chunk with the scores that ranked it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    chunk_id: str
+    doc_id: str
+    version: int
+    title: str
+    text: str
+    section_path: tuple[str, ...] = ()
+    char_start: int
+    char_end: int
+    dense_score: float | None = None
+    bm25_score: float | None = None
+    fused_score: float
+    rerank_score: float | None = None
+
+
+class StageTimings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    retrieve_ms: float | None = None
+    rerank_ms: float | None = None
+    generate_ms: float | None = None
+    total_ms: float | None = None
+
+
+class Retrieved(Event):
+    """Retriever output on `rag.retrieved`: the query and its fused top-k candidates."""
+
+    type: Literal["retrieved"] = "retrieved"
+    query: Query
+    candidates: tuple[Candidate, ...]
+    timings: StageTimings
+
+
+class Reranked(Event):
+    """Reranker output on `rag.reranked`: the top-n candidates in their final order."""
+
+    type: Literal["reranked"] = "reranked"
+    query: Query
+    candidates: tuple[Candidate, ...]
+    reranker: str
+    rerank_degraded: str | None = None
+    """Why the fused order was kept instead of the reranker's (timeout, provider error)."""
+    timings: StageTimings

@@ -1,0 +1,26 @@
+"""The Store port every index adapter implements (LanceDB embedded, Weaviate in production)."""
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from shared.store.records import DocState, DocWrite, Hit, SearchRequest, WriteOutcome
+
+
+class Store(Protocol):
+    async def apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
+        """Apply a batch of versioned writes; one outcome per write, in order.
+
+        Guarantees: new chunks are written before old ones are removed (a failure midway leaves
+        the old version searchable); writes older than the doc's current version or tombstone are
+        dropped; replaying a write changes nothing; concurrent writers converge on the newest
+        version with no orphaned chunks.
+        """
+        ...
+
+    async def hybrid_search(self, request: SearchRequest) -> list[Hit]: ...
+
+    async def current_version(self, doc_id: str) -> DocState | None: ...
+
+    async def count_chunks(self, doc_id: str | None = None) -> int: ...
+
+    async def close(self) -> None: ...
