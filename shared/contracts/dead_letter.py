@@ -14,3 +14,7 @@ class DeadLetter(Event):
     entry_id: str
     reason: str
     deliveries: int = 1
+    doc_id: str | None = None
+    """The subject of the entry, when the payload was readable enough to tell."""
+    version: int | None = None
+    query_id: str | None = None

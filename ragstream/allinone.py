@@ -1,0 +1,128 @@
+"""`ragstream up`: every stage as a child process against one Redis — the same apps a Kubernetes
+Deployment runs, no second code path. Starts an embedded server when no Redis URL is given."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from ragstream.redis_server import RedisServer, start_server
+from shared.settings import StreamSettings
+
+STAGES = ("chunker", "embedder", "retriever", "reranker", "generator")
+URL_FILE = "redis-url"
+
+
+def stage_inputs(streams: StreamSettings) -> dict[str, str]:
+    return {
+        "chunker": streams.docs,
+        "embedder": streams.chunks,
+        "retriever": streams.queries,
+        "reranker": streams.retrieved,
+        "generator": streams.reranked,
+    }
+
+
+@dataclass
+class Pipeline:
+    redis_url: str
+    data_dir: Path
+    server: RedisServer | None = None
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RAG_REDIS_URL": self.redis_url,
+            "RAG_STORE_LANCEDB_PATH": os.environ.get(
+                "RAG_STORE_LANCEDB_PATH", str(self.data_dir / "index")
+            ),
+            "HF_HUB_OFFLINE": "1",
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
+        }
+
+    def start_stage(self, stage: str, extra_env: dict[str, str] | None = None) -> None:
+        self.children[stage] = subprocess.Popen(
+            [sys.executable, "-m", "ragstream", "run", stage],
+            env={**self.env(), **(extra_env or {})},
+        )
+
+    def wait_ready(self, stages: tuple[str, ...], timeout: float = 120.0) -> None:
+        """Ready = every stage's consumer group on its input stream has a live consumer."""
+        client = redis.Redis.from_url(self.redis_url)
+        inputs = stage_inputs(StreamSettings())
+        deadline = time.monotonic() + timeout
+        try:
+            for stage in stages:
+                while True:
+                    self._check_alive(stage)
+                    try:
+                        if client.xinfo_consumers(inputs[stage], stage):
+                            break
+                    except redis.ResponseError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"stage {stage} not ready after {timeout:.0f} s")
+                    time.sleep(0.2)
+        finally:
+            client.close()
+
+    def _check_alive(self, stage: str) -> None:
+        child = self.children.get(stage)
+        if child is not None and child.poll() is not None:
+            raise RuntimeError(f"stage {stage} exited with code {child.returncode}")
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in self.children.values():
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if self.server is not None:
+            self.server.stop()
+            (self.data_dir / URL_FILE).unlink(missing_ok=True)
+
+
+def start_pipeline(
+    data_dir: Path,
+    redis_url: str | None = None,
+    stages: tuple[str, ...] = STAGES,
+    extra_env: dict[str, str] | None = None,
+) -> Pipeline:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    if redis_url is None:
+        server = start_server(data_dir / "redis")
+        redis_url = server.url
+        (data_dir / URL_FILE).write_text(redis_url)
+    pipeline = Pipeline(redis_url, data_dir, server)
+    try:
+        for stage in stages:
+            pipeline.start_stage(stage, extra_env)
+    except BaseException:
+        pipeline.stop()
+        raise
+    return pipeline
+
+
+def env_redis_url() -> str | None:
+    return os.environ.get("RAG_REDIS_URL") or os.environ.get("REDIS_URL") or None
+
+
+def configured_redis_url(data_dir: Path) -> str | None:
+    """REDIS_URL / RAG_REDIS_URL if set, else the URL a running `ragstream up` wrote."""
+    url = env_redis_url()
+    if url:
+        return url
+    url_file = data_dir / URL_FILE
+    return url_file.read_text().strip() if url_file.exists() else None

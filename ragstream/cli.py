@@ -1,0 +1,107 @@
+"""The `ragstream` command: run a stage, run them all, ingest documents, ask questions."""
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ragstream import allinone
+
+DATA_DIR = Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
+err = Console(stderr=True)
+out = Console()
+
+
+def _redis_url() -> str:
+    return allinone.configured_redis_url(DATA_DIR) or "redis://127.0.0.1:6379/0"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """One stage in the foreground: what a Kubernetes Deployment starts."""
+    module = importlib.import_module(f"services.{args.stage}.app")
+    asyncio.run(module.app.run())
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    pipeline = allinone.start_pipeline(DATA_DIR, allinone.env_redis_url())
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        pipeline.wait_ready(allinone.STAGES)
+        err.print(f"[green]ragstream is up[/] on {pipeline.redis_url} (Ctrl-C to stop)")
+        while not stop.wait(1.0):
+            for stage, child in pipeline.children.items():
+                if child.poll() is not None:
+                    err.print(f"[yellow]stage {stage} exited ({child.returncode}); restarting[/]")
+                    pipeline.start_stage(stage)
+    finally:
+        err.print("stopping…")
+        pipeline.stop()
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from redis.asyncio import Redis
+
+    from ragstream.ingest import ingest, load_documents
+
+    docs = load_documents(Path(args.path))
+    if not docs:
+        err.print(f"[red]no documents found in {args.path}[/]")
+        return 1
+
+    async def run() -> dict[str, object]:
+        redis = Redis.from_url(_redis_url())
+        try:
+            with Progress(
+                TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=err,
+            ) as progress:  # fmt: skip
+                task = progress.add_task("indexing", total=len(docs))
+                report = await ingest(
+                    redis, docs, timeout_s=args.timeout,
+                    on_progress=lambda n: progress.advance(task, n),
+                )  # fmt: skip
+        finally:
+            await redis.aclose()
+        for letter in report.dead_letters:
+            err.print(f"[yellow]dead-lettered[/] {letter.doc_id}: {letter.reason}")
+        return report.summary()
+
+    summary = asyncio.run(run())
+    out.print_json(json.dumps(summary))
+    settled = int(summary["indexed"]) + int(summary["stale"]) + int(summary["dead_lettered"])  # type: ignore[call-overload]
+    return 0 if settled == len(docs) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragstream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one stage in the foreground")
+    run.add_argument("stage", choices=allinone.STAGES)
+    run.set_defaults(func=cmd_run)
+
+    up = sub.add_parser("up", help="run every stage; starts an embedded Redis if none is set")
+    up.set_defaults(func=cmd_up)
+
+    ingest = sub.add_parser("ingest", help="publish a folder of .md/.txt or a JSONL and wait")
+    ingest.add_argument("path")
+    ingest.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait")
+    ingest.set_defaults(func=cmd_ingest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

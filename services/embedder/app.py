@@ -1,0 +1,24 @@
+"""Embedder stage: `rag.chunks` → index + `rag.indexed`. Run: `faststream run services.embedder.app:app`."""
+
+from functools import partial
+
+from services.embedder.indexing import index_batch
+from services.embedder.settings import EmbedderSettings
+from shared.contracts import CHUNK_EVENT
+from shared.embedding import SentenceTransformerEmbedder
+from shared.settings import EmbeddingSettings, StoreSettings
+from shared.stage import Stage
+from shared.store.factory import open_store
+
+settings = EmbedderSettings()
+stage = Stage("embedder", settings)
+embedder = SentenceTransformerEmbedder(EmbeddingSettings())
+store = open_store(StoreSettings(), dim=embedder.dim)
+stage.subscribe(
+    stage.streams.chunks,
+    CHUNK_EVENT,
+    partial(index_batch, embedder=embedder, store=store, out_stream=stage.streams.indexed),
+)
+stage.every(settings.optimize_interval_s, store.optimize)
+app = stage.app()
+app.after_shutdown(store.close)

@@ -1,0 +1,77 @@
+"""How events sit in a stream entry: one field, `event`, holding the event's JSON.
+
+Upstream systems need nothing but `XADD rag.docs * event '{"type":"upsert",...}'`.
+Decoding turns every way a payload can be wrong into a `PermanentError` with a clear reason.
+"""
+
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from shared.errors import PermanentError
+
+EVENT_FIELD = b"event"
+T = TypeVar("T")
+MAX_REASON_ERRORS = 5
+
+
+def encode(event: BaseModel) -> dict[bytes, bytes]:
+    return {EVENT_FIELD: event.model_dump_json().encode()}
+
+
+def payload_of(fields: Mapping[bytes, bytes]) -> bytes:
+    """The raw event bytes of an entry (empty if the field is missing)."""
+    return fields.get(EVENT_FIELD, b"")
+
+
+def decode(adapter: TypeAdapter[T], fields: Mapping[bytes, bytes], *, max_bytes: int) -> T:
+    payload = fields.get(EVENT_FIELD)
+    if payload is None:
+        names = ", ".join(sorted(k.decode(errors="replace") for k in fields)) or "none"
+        raise PermanentError(f"entry has no 'event' field (fields: {names})")
+    if len(payload) > max_bytes:
+        raise PermanentError(
+            f"payload is {len(payload):,} bytes, over the {max_bytes:,}-byte limit"
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PermanentError(f"payload is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PermanentError(f"malformed JSON: {exc.msg} at line {exc.lineno} col {exc.colno}") from None
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        raise PermanentError(f"invalid event: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """A short, client-safe summary of a validation error (no input values echoed)."""
+    parts = []
+    for error in exc.errors()[:MAX_REASON_ERRORS]:
+        where = ".".join(str(p) for p in error["loc"]) or "event"
+        parts.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - MAX_REASON_ERRORS
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def subject_of(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """Best-effort doc_id / version / query_id of an unreadable entry, for the dead letter."""
+    try:
+        raw = json.loads(payload_of(fields))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    subject: dict[str, Any] = {}
+    for key, kind in (("doc_id", str), ("version", int), ("query_id", str)):
+        value = raw.get(key)
+        if isinstance(value, kind) and not isinstance(value, bool):
+            subject[key] = value
+    return subject
