@@ -1,12 +1,22 @@
-"""The text a chunk is embedded and BM25-indexed as: its title and heading path, then its text."""
+"""The text a chunk is embedded and BM25-indexed as: its title and heading path, then its text.
+
+The chunker sizes chunks so this whole text fits the embedding model's window; the embedder and
+the index use it as is.
+"""
 
 from collections.abc import Sequence
 
 
-def context_prefix(title: str, section_path: Sequence[str]) -> str:
-    return " > ".join(part for part in (title, *section_path) if part.strip())
-
-
 def embedding_text(title: str, section_path: Sequence[str], text: str) -> str:
-    prefix = context_prefix(title, section_path)
-    return f"{prefix}\n\n{text}" if prefix else text
+    """The text embedded and indexed for a chunk: "Title > Heading > Sub\\n\\ntext".
+
+    Empty parts are omitted, and a heading repeating the part before it (typically a
+    top heading equal to the title) is written once.
+    """
+    parts: list[str] = []
+    for raw in (title, *section_path):
+        part = raw.strip()
+        if part and (not parts or parts[-1].casefold() != part.casefold()):
+            parts.append(part)
+    header = " > ".join(parts)
+    return "\n\n".join(p for p in (header, text) if p)

@@ -10,7 +10,9 @@ from shared.stage import Stage
 
 settings = ChunkerSettings()
 stage = Stage("chunker", settings)
-chunker = Chunker(load_tokenizer(settings.tokenizer_path), settings.max_tokens, settings.include_title)
+chunker = Chunker(
+    load_tokenizer(settings.tokenizer_path), settings.max_tokens, settings.include_title
+)
 stage.subscribe(
     stage.streams.docs,
     DOC_EVENT,

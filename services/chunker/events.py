@@ -13,7 +13,9 @@ from shared.stage import Outcome, Publication
 log = structlog.get_logger("ragstream.chunker")
 
 
-def chunk_event(event: DocUpsert | DocDelete, chunker: Chunker, max_chunks: int) -> ChunkedDoc | DocDelete:
+def chunk_event(
+    event: DocUpsert | DocDelete, chunker: Chunker, max_chunks: int
+) -> ChunkedDoc | DocDelete:
     """An upsert becomes its version's complete chunk list; a delete passes through unchanged."""
     if isinstance(event, DocDelete):
         return event

@@ -21,9 +21,6 @@ class ChunkerSettings(StageSettings):
         default=None,
         description="tokenizer.json (or its model directory); default: the packaged MiniLM's.",
     )
-    include_title: bool = Field(
-        default=True, description="Prefix each chunk's embedding text with the document title."
-    )
     max_chunks_per_doc: int = Field(
         default=10_000, ge=1, description="Documents that chunk into more are dead-lettered."
     )

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from services.chunker.chunking import Chunker, embedding_text, load_tokenizer
+from services.chunker.chunking import Chunker, load_tokenizer
+from shared.chunk_text import embedding_text
 from shared.contracts.chunks import Chunk
 from shared.contracts.docs import DocUpsert
 
