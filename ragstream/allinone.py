@@ -52,10 +52,15 @@ class Pipeline:
             env={**self.env(), **(extra_env or {})},
         )
 
-    def wait_ready(self, stages: tuple[str, ...], timeout: float = 120.0) -> None:
-        """Ready = every stage's consumer group on its input stream has a live consumer."""
+    def wait_ready(
+        self,
+        stages: tuple[str, ...],
+        timeout: float = 120.0,
+        streams: StreamSettings | None = None,
+    ) -> None:
+        """Ready = every stage's consumer group on its input stream has a consumer."""
         client = redis.Redis.from_url(self.redis_url)
-        inputs = stage_inputs(StreamSettings())
+        inputs = stage_inputs(streams or StreamSettings())
         deadline = time.monotonic() + timeout
         try:
             for stage in stages:

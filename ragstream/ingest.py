@@ -9,7 +9,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from shared import wire
-from shared.contracts import DeadLetter, DocIndexed, DocUpsert
+from shared.contracts import DeadLetter, DocDelete, DocIndexed, DocUpsert
 from shared.settings import StreamSettings
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
@@ -61,6 +61,8 @@ class IngestReport:
     seconds: float = 0.0
     freshness_ms: list[float] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    outcomes: dict[tuple[str, int], str] = field(default_factory=dict)
+    """(doc_id, version) → indexed / deleted / stale / dead_lettered."""
 
     @property
     def docs_per_s(self) -> float:
@@ -92,7 +94,7 @@ async def last_id(redis: Redis, stream: str) -> bytes:
 
 
 async def publish_docs(
-    redis: Redis, stream: str, events: Sequence[DocUpsert], chunk: int = 500
+    redis: Redis, stream: str, events: Sequence[DocUpsert | DocDelete], chunk: int = 500
 ) -> None:
     for start in range(0, len(events), chunk):
         async with redis.pipeline(transaction=False) as pipe:
@@ -122,7 +124,7 @@ async def ingest(
 
 async def publish_and_wait(
     redis: Redis,
-    events: Sequence[DocUpsert],
+    events: Sequence[DocUpsert | DocDelete],
     *,
     streams: StreamSettings,
     timeout_s: float,
@@ -154,6 +156,7 @@ def _settle(is_dlq: bool, fields: dict[bytes, bytes], waiting: set[tuple[str, in
         key = (letter.doc_id or "", letter.version if letter.version is not None else -1)
         if key in waiting:
             waiting.discard(key)
+            report.outcomes[key] = "dead_lettered"
             report.dead_lettered += 1
             report.dead_letters.append(letter)
             return 1
@@ -163,6 +166,7 @@ def _settle(is_dlq: bool, fields: dict[bytes, bytes], waiting: set[tuple[str, in
     if key not in waiting:
         return 0
     waiting.discard(key)
+    report.outcomes[key] = ack.outcome.value
     if ack.outcome == "stale":
         report.stale += 1
     else:

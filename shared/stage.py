@@ -58,6 +58,8 @@ Outcome = Sequence[Publication] | PermanentError
 """What handling one entry produced: events to publish, or the reason to dead-letter it."""
 
 BatchHandler = Callable[[Sequence[T]], Awaitable[Sequence[Outcome]]]
+RejectHook = Callable[[Entry, str], Sequence[Publication]]
+"""Extra events to publish beside a dead letter (e.g. an error answer to the asking client)."""
 
 
 def redis_client(settings: RedisSettings) -> "Redis":
@@ -87,12 +89,18 @@ class Subscription(Generic[T]):
     """One input stream of a stage: how to decode its entries and what to do with them."""
 
     def __init__(
-        self, stage: "Stage", stream: str, adapter: TypeAdapter[T], handle: BatchHandler[T]
+        self,
+        stage: "Stage",
+        stream: str,
+        adapter: TypeAdapter[T],
+        handle: BatchHandler[T],
+        on_reject: RejectHook | None = None,
     ) -> None:
         self.stage = stage
         self.stream = stream
         self.adapter = adapter
         self.handle = handle
+        self.on_reject = on_reject
 
     async def process(self, entries: Sequence[Entry], deliveries: Sequence[int] = ()) -> None:
         stage, settings = self.stage, self.stage.settings
@@ -114,11 +122,12 @@ class Subscription(Generic[T]):
             handled = await self._handle_with_retries([event for _, event in good])
             if handled is None:
                 good_ids = {entry.id for entry, _ in good}
-                await stage.commit(self.stream, [e for e in entries if e.id not in good_ids], outcomes)
+                rest = [e for e in entries if e.id not in good_ids]
+                await stage.commit(self, rest, outcomes)
                 return
             for (entry, _), outcome in zip(good, handled, strict=True):
                 outcomes[entry.id] = outcome
-        await stage.commit(self.stream, entries, outcomes, deliveries)
+        await stage.commit(self, entries, outcomes, deliveries)
 
     async def _handle_with_retries(self, events: list[T]) -> Sequence[Outcome] | None:
         deadline = time.monotonic() + self.stage.settings.transient_retry_s
@@ -160,8 +169,14 @@ class Stage:
         self._periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
-    def subscribe(self, stream: str, adapter: TypeAdapter[T], handle: BatchHandler[T]) -> None:
-        subscription = Subscription(self, stream, adapter, handle)
+    def subscribe(
+        self,
+        stream: str,
+        adapter: TypeAdapter[T],
+        handle: BatchHandler[T],
+        on_reject: RejectHook | None = None,
+    ) -> None:
+        subscription = Subscription(self, stream, adapter, handle, on_reject)
         self.subscriptions.append(subscription)
 
         async def on_batch(msg: RedisBatchStreamMessage) -> None:
@@ -194,7 +209,7 @@ class Stage:
         """Run `job` every `interval_s` seconds while the stage runs (e.g. index compaction)."""
         self._periodic.append((interval_s, job))
 
-    def start_background(self) -> None:
+    async def start_background(self) -> None:
         if self.subscriptions:
             self.every(self.settings.reclaim_interval_s, self._reclaim_all)
         self._tasks = [
@@ -237,7 +252,7 @@ class Stage:
 
     async def commit(
         self,
-        stream: str,
+        subscription: Subscription[Any],
         entries: Sequence[Entry],
         outcomes: dict[bytes, Outcome],
         deliveries: Sequence[int] = (),
@@ -254,25 +269,29 @@ class Stage:
                 acked.append(entry.id)
                 if isinstance(outcome, PermanentError):
                     count = deliveries[index] if deliveries else 1
-                    self._dead_letter(pipe, stream, entry, outcome.reason, count)
-                    continue
+                    self._dead_letter(pipe, subscription.stream, entry, outcome.reason, count)
+                    hook = subscription.on_reject
+                    outcome = hook(entry, outcome.reason) if hook is not None else ()
                 for p in outcome:
                     pipe.xadd(
                         p.stream, wire.encode(p.event), maxlen=self.streams.maxlen, approximate=True
                     )
-            pipe.xack(stream, self.group, *acked)
+            pipe.xack(subscription.stream, self.group, *acked)
             await pipe.execute()
 
     def _dead_letter(self, pipe: Any, stream: str, entry: Entry, reason: str, count: int) -> None:
+        subject = wire.subject_of(entry.fields)
         letter = DeadLetter(
             stage=self.name,
             source_stream=stream,
             entry_id=entry.id.decode(),
             reason=reason,
             deliveries=count,
-            **wire.subject_of(entry.fields),
+            doc_id=subject.get("doc_id"),
+            version=subject.get("version"),
+            query_id=subject.get("query_id"),
         )
-        log.warning("dead-lettered", entry_id=letter.entry_id, reason=reason, **wire.subject_of(entry.fields))
+        log.warning("dead-lettered", entry_id=letter.entry_id, reason=reason, **subject)
         fields = wire.encode(letter)
         fields[b"payload"] = wire.payload_of(entry.fields)
         pipe.xadd(self.streams.dlq, fields, maxlen=self.streams.maxlen, approximate=True)

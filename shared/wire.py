@@ -62,7 +62,7 @@ def describe(exc: ValidationError) -> str:
 
 
 def subject_of(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
-    """Best-effort doc_id / version / query_id of an unreadable entry, for the dead letter."""
+    """Best-effort doc_id / version / query_id / reply_to of an unreadable entry."""
     try:
         raw = json.loads(payload_of(fields))
     except (ValueError, UnicodeDecodeError):
@@ -70,7 +70,7 @@ def subject_of(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         return {}
     subject: dict[str, Any] = {}
-    for key, kind in (("doc_id", str), ("version", int), ("query_id", str)):
+    for key, kind in (("doc_id", str), ("version", int), ("query_id", str), ("reply_to", str)):
         value = raw.get(key)
         if isinstance(value, kind) and not isinstance(value, bool):
             subject[key] = value

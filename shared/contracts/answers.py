@@ -1,8 +1,8 @@
 """What clients read back on the answers stream (`rag.answers` or the query's `reply_to`)."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from shared.contracts.base import Event
 from shared.contracts.queries import StageTimings
@@ -53,3 +53,7 @@ class Answer(Event):
     rerank_degraded: str | None = None
     timings: StageTimings = StageTimings()
     usage: Usage = Usage()
+
+
+Reply = Annotated[Answer | AnswerDelta, Field(discriminator="type")]
+REPLY: TypeAdapter[Answer | AnswerDelta] = TypeAdapter(Reply)

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from shared.contracts.base import Event
 
@@ -69,3 +69,8 @@ class Reranked(Event):
     rerank_degraded: str | None = None
     """Why the fused order was kept instead of the reranker's (timeout, provider error)."""
     timings: StageTimings
+
+
+QUERY: TypeAdapter[Query] = TypeAdapter(Query)
+RETRIEVED: TypeAdapter[Retrieved] = TypeAdapter(Retrieved)
+RERANKED: TypeAdapter[Reranked] = TypeAdapter(Reranked)

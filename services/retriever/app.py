@@ -1,0 +1,29 @@
+"""Retriever stage: `rag.queries` → `rag.retrieved`. Run: `faststream run services.retriever.app:app`."""
+
+from functools import partial
+
+from services.retriever.retrieval import retrieve_batch
+from services.retriever.settings import RetrieverSettings
+from shared.contracts.queries import QUERY
+from shared.embedding import SentenceTransformerEmbedder
+from shared.settings import EmbeddingSettings, StoreSettings
+from shared.stage import Stage
+from shared.store.factory import open_store
+
+settings = RetrieverSettings()
+stage = Stage("retriever", settings)
+embedder = SentenceTransformerEmbedder(EmbeddingSettings())
+store = open_store(StoreSettings(), dim=embedder.dim)
+stage.subscribe(
+    stage.streams.queries,
+    QUERY,
+    partial(
+        retrieve_batch,
+        embedder=embedder,
+        store=store,
+        settings=settings,
+        out_stream=stage.streams.retrieved,
+    ),
+)
+app = stage.app()
+app.after_shutdown(store.close)

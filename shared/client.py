@@ -1,0 +1,73 @@
+"""The client side of the query path: publish a query, wait for its answer by query id."""
+
+import time
+from collections.abc import Callable
+from uuid import uuid4
+
+from redis.asyncio import Redis
+
+from shared import wire
+from shared.contracts import Answer, AnswerDelta, Query
+from shared.contracts.answers import REPLY
+from shared.settings import StreamSettings
+
+
+async def ask(
+    redis: Redis,
+    text: str,
+    *,
+    timeout: float = 30.0,
+    top_k_retrieve: int = 20,
+    top_n: int = 5,
+    filters: dict[str, str] | None = None,
+    stream: bool = False,
+    reply_to: str | None = None,
+    streams: StreamSettings | None = None,
+    on_delta: Callable[[AnswerDelta], None] | None = None,
+) -> Answer:
+    """Publish a query and return its Answer; streamed deltas go to `on_delta` as they arrive.
+
+    Raises TimeoutError if no answer arrives in `timeout` seconds.
+    """
+    streams = streams or StreamSettings()
+    query = Query(
+        query_id=uuid4().hex,
+        text=text,
+        top_k_retrieve=top_k_retrieve,
+        top_n=top_n,
+        filters=filters,
+        reply_to=reply_to,
+        stream=stream,
+    )
+    return await send_and_wait(redis, query, timeout=timeout, streams=streams, on_delta=on_delta)
+
+
+async def send_and_wait(
+    redis: Redis,
+    query: Query,
+    *,
+    timeout: float,
+    streams: StreamSettings,
+    on_delta: Callable[[AnswerDelta], None] | None = None,
+) -> Answer:
+    reply = query.reply_to or streams.answers
+    newest = await redis.xrevrange(reply, count=1)
+    cursor: bytes = newest[0][0] if newest else b"0-0"
+    await redis.xadd(streams.queries, wire.encode(query))
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        response = await redis.xread({reply: cursor}, block=max(1, int(min(left, 1.0) * 1000)))
+        for _, entries in response:
+            for entry_id, fields in entries:
+                cursor = entry_id
+                payload = wire.payload_of(fields)
+                if query.query_id.encode() not in payload:
+                    continue
+                reply_event = REPLY.validate_json(payload)
+                if reply_event.query_id != query.query_id:
+                    continue
+                if isinstance(reply_event, Answer):
+                    return reply_event
+                if on_delta is not None:
+                    on_delta(reply_event)
+    raise TimeoutError(f"no answer to query {query.query_id} within {timeout:.1f} s")

@@ -1,0 +1,22 @@
+"""Pick the index adapter the settings name."""
+
+from shared.settings import StoreSettings
+from shared.store.base import Store
+
+
+def open_store(settings: StoreSettings, dim: int) -> Store:
+    """The configured store; it opens its tables lazily, on first use.
+
+    `dim` is the embedding dimension (384 for all-MiniLM-L6-v2); an existing index built with
+    another dimension is refused on first use.
+    """
+    if settings.backend == "lancedb":
+        from shared.store.lancedb_store import LanceDBStore
+
+        return LanceDBStore(settings.lancedb_path, dim, table=settings.table)
+    if settings.backend == "weaviate":
+        raise NotImplementedError(
+            "the Weaviate store adapter is not implemented yet; "
+            "set RAG_STORE_BACKEND=lancedb (the embedded default)"
+        )
+    raise ValueError(f"unknown store backend {settings.backend!r}")
