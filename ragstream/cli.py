@@ -84,6 +84,43 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0 if settled == len(docs) else 1
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    from redis.asyncio import Redis
+
+    from ragstream.render import print_answer
+    from shared.client import ask
+    from shared.contracts import AnswerDelta
+
+    def show_delta(delta: AnswerDelta) -> None:
+        if not args.json:
+            out.print(delta.text, end="", soft_wrap=True, highlight=False)
+
+    async def run() -> int:
+        redis = Redis.from_url(_redis_url())
+        try:
+            answer = await ask(
+                redis, args.question, timeout=args.timeout, top_n=args.top_n,
+                stream=args.stream, on_delta=show_delta,
+            )  # fmt: skip
+        finally:
+            await redis.aclose()
+        if args.stream and not args.json:
+            out.print()
+        if args.json:
+            out.print_json(answer.model_dump_json())
+        else:
+            print_answer(out, args.question, answer)
+        return 1 if answer.error else 0
+
+    return asyncio.run(run())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ragstream.demo import run_demo
+
+    return run_demo(DATA_DIR / "demo", out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragstream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("path")
     ingest.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait")
     ingest.set_defaults(func=cmd_ingest)
+
+    ask = sub.add_parser("ask", help="ask a question; prints the answer with its sources")
+    ask.add_argument("question")
+    ask.add_argument("--json", action="store_true", help="print the Answer event as JSON")
+    ask.add_argument("--stream", action="store_true", help="show tokens as they arrive")
+    ask.add_argument("--top-n", type=int, default=5, help="chunks given to the generator")
+    ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    ask.set_defaults(func=cmd_ask)
+
+    demo = sub.add_parser("demo", help="start everything, ingest the sample corpus, ask, stop")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -4,12 +4,14 @@ Every provider failure is raised as `ProviderError`, whose message is one readab
 (what failed, where, and the server's own message), never a repr.
 """
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import openai
 from openai.types.chat import (
     ChatCompletionMessageParam,
+    ChatCompletionStreamOptionsParam,
     ChatCompletionSystemMessageParam,
     ChatCompletionUserMessageParam,
 )
@@ -21,6 +23,7 @@ from shared.contracts.answers import Usage
 from shared.errors import TransientError
 
 _MESSAGE_CHARS = 300
+_STATUS_PREFIX = re.compile(r"^Error code: \d+(?: - )?")
 
 
 class ProviderError(TransientError):
@@ -44,10 +47,11 @@ def _usage(usage: CompletionUsage | None) -> Usage | None:
 def _params(messages: Sequence[ChatMessage]) -> list[ChatCompletionMessageParam]:
     params: list[ChatCompletionMessageParam] = []
     for message in messages:
+        content = message["content"]
         if message["role"] == "system":
-            params.append(ChatCompletionSystemMessageParam(role="system", content=message["content"]))
+            params.append(ChatCompletionSystemMessageParam(role="system", content=content))
         else:
-            params.append(ChatCompletionUserMessageParam(role="user", content=message["content"]))
+            params.append(ChatCompletionUserMessageParam(role="user", content=content))
     return params
 
 
@@ -66,9 +70,9 @@ class ChatStream:
     async def _deltas(self) -> AsyncIterator[str]:
         backend = self._backend
         settings = backend.settings
-        extra: dict[str, object] = {}
-        if settings.stream_usage:
-            extra["stream_options"] = {"include_usage": True}
+        options: ChatCompletionStreamOptionsParam | openai.Omit = (
+            {"include_usage": True} if settings.stream_usage else openai.omit
+        )
         try:
             stream = await backend.client.chat.completions.create(
                 model=settings.model,
@@ -76,7 +80,7 @@ class ChatStream:
                 temperature=settings.temperature,
                 max_tokens=settings.max_tokens,
                 stream=True,
-                **extra,  # type: ignore[arg-type]
+                stream_options=options,
             )
             async with stream:
                 async for chunk in stream:
@@ -135,7 +139,8 @@ class ChatBackend:
             detail = f" ({cause})" if cause is not None and str(cause) else ""
             text = f"cannot connect to {where}{detail}"
         elif isinstance(exc, openai.APIStatusError):
-            text = f"HTTP {exc.status_code} from {where}: {exc.message}"
+            detail = _STATUS_PREFIX.sub("", exc.message)
+            text = f"HTTP {exc.status_code} from {where}" + (f": {detail}" if detail else "")
         else:
             text = f"{type(exc).__name__} from {where}: {exc}"
         return " ".join(text.split())[:_MESSAGE_CHARS]

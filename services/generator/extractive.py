@@ -48,7 +48,7 @@ class _Scored:
 
 def _with_marker(sentence: str, marker: int) -> str:
     body = sentence.rstrip(".!?")
-    return f"{body} [{marker}]{sentence[len(body):]}"
+    return f"{body} [{marker}]{sentence[len(body) :]}"
 
 
 def answer_extractively(

@@ -13,8 +13,7 @@ _BOUNDARY = re.compile(
     r"|\n(?=\s*(?:[-*•]|\d+[.)])\s)"  # a line that starts a list item
 )
 _WORD = re.compile(r"\w+")
-_STOPWORDS = frozenset(
-    """
+_STOPWORD_LIST = """
     a about above after again against all am an and any are as at be because been before being
     below between both but by can could did do does doing down during each few for from further
     had has have having he her here hers herself him himself his how i if in into is it its
@@ -23,8 +22,8 @@ _STOPWORDS = frozenset(
     themselves then there these they this those through to too under until up very was we were
     what when where which while who whom why will with would you your yours yourself yourselves
     tell please much many
-    """.split()
-)
+"""
+_STOPWORDS = frozenset(_STOPWORD_LIST.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +63,8 @@ def terms(text: str) -> set[str]:
     for word in _WORD.findall(text.lower()):
         if word in _STOPWORDS or (len(word) < 2 and not word.isdigit()):
             continue
-        if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-            word = word[:-1]
-        found.add(word)
+        plural = len(word) > 3 and word.endswith("s") and not word.endswith("ss")
+        found.add(word[:-1] if plural else word)
     return found
 
 

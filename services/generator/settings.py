@@ -3,10 +3,12 @@
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from shared.stage_settings import StageSettings
 
 
-class GeneratorSettings(BaseSettings):
+class GeneratorSettings(StageSettings):
     """How answers are generated.
 
     `backend` defaults to `extractive` (no LLM, deterministic). When it is not set explicitly

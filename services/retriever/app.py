@@ -7,6 +7,7 @@ from services.retriever.settings import RetrieverSettings
 from shared.contracts.queries import QUERY
 from shared.embedding import SentenceTransformerEmbedder
 from shared.settings import EmbeddingSettings, StoreSettings
+from shared.replies import error_answer
 from shared.stage import Stage
 from shared.store.factory import open_store
 
@@ -22,8 +23,9 @@ stage.subscribe(
         embedder=embedder,
         store=store,
         settings=settings,
-        out_stream=stage.streams.retrieved,
+        streams=stage.streams,
     ),
+    on_reject=lambda entry, reason: error_answer(entry, reason, stage.streams),
 )
 app = stage.app()
 app.after_shutdown(store.close)

@@ -8,6 +8,9 @@ import structlog
 from services.retriever.settings import RetrieverSettings
 from shared.contracts import Candidate, Query, Retrieved, StageTimings
 from shared.embedding import Embedder, encode_async
+from shared.errors import PermanentError
+from shared.replies import check_reply_to
+from shared.settings import StreamSettings
 from shared.stage import Outcome, Publication
 from shared.store.base import Store
 from shared.store.records import Hit, SearchRequest, Vector
@@ -50,7 +53,7 @@ async def retrieve_batch(
     embedder: Embedder,
     store: Store,
     settings: RetrieverSettings,
-    out_stream: str,
+    streams: StreamSettings,
 ) -> list[Outcome]:
     """Embed every query of the batch at once, then search the index for each."""
     started = time.perf_counter()
@@ -60,6 +63,11 @@ async def retrieve_batch(
     embed_ms = (time.perf_counter() - started) * 1000 / max(1, len(queries))
     outcomes: list[Outcome] = []
     for index, query in enumerate(queries):
+        try:
+            check_reply_to(query, streams)
+        except PermanentError as exc:
+            outcomes.append(exc)
+            continue
         search_started = time.perf_counter()
         vector = vectors[index] if vectors is not None else None
         hits = await store.hybrid_search(search_request(query, vector, settings))
@@ -70,5 +78,5 @@ async def retrieve_batch(
             candidates=tuple(candidate_of(h) for h in hits),
             timings=StageTimings(retrieve_ms=retrieve_ms),
         )
-        outcomes.append([Publication(out_stream, retrieved)])
+        outcomes.append([Publication(streams.retrieved, retrieved)])
     return outcomes

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from shared.contracts.base import Event
 
@@ -20,6 +20,13 @@ class Query(Event):
     filters: dict[str, str] | None = None
     reply_to: str | None = None
     stream: bool = False
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query text is empty")
+        return value
 
 
 class Candidate(BaseModel):

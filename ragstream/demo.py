@@ -1,0 +1,47 @@
+"""`ragstream demo`: start everything on an embedded server, ingest the bundled sample corpus,
+ask a few questions, and stop."""
+
+import asyncio
+import json
+from pathlib import Path
+
+from redis.asyncio import Redis
+from rich.console import Console
+
+from ragstream.allinone import STAGES, env_redis_url, start_pipeline
+from ragstream.ingest import ingest, load_documents
+from ragstream.render import print_answer
+from shared.client import ask
+
+SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "examples" / "sample-corpus"
+QUESTIONS = (
+    "Who discovered the moons of Mars?",
+    "When did the James Webb Space Telescope launch?",
+    "What is the capital of Australia?",
+)
+
+
+async def _ingest_and_ask(redis_url: str, console: Console) -> bool:
+    redis = Redis.from_url(redis_url)
+    try:
+        report = await ingest(redis, load_documents(SAMPLE_CORPUS), timeout_s=300)
+        console.print_json(json.dumps(report.summary()))
+        answered = True
+        for question in QUESTIONS:
+            answer = await ask(redis, question, timeout=60)
+            print_answer(console, question, answer)
+            answered = answered and answer.error is None
+        return answered and report.indexed == report.docs
+    finally:
+        await redis.aclose()
+
+
+def run_demo(data_dir: Path, console: Console) -> int:
+    pipeline = start_pipeline(data_dir, env_redis_url())
+    try:
+        console.print(f"starting {', '.join(STAGES)} on {pipeline.redis_url} …")
+        pipeline.wait_ready(STAGES)
+        ok = asyncio.run(_ingest_and_ask(pipeline.redis_url, console))
+    finally:
+        pipeline.stop()
+    return 0 if ok else 1
