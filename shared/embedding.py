@@ -31,6 +31,8 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, settings: EmbeddingSettings) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -44,6 +46,7 @@ class SentenceTransformerEmbedder:
         if dim is None:
             raise ValueError(f"cannot tell the embedding dimension of {self.name}")
         self.dim = int(dim)
+        self.encode(["warm-up"])  # the first call pays torch's one-off costs; not a request
 
     def encode(self, texts: Sequence[str]) -> Vector:
         if not texts:

@@ -13,6 +13,7 @@ Delivery semantics (see docs/reliability.md):
 """
 
 import asyncio
+import logging
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +41,8 @@ from shared.stage_settings import StageSettings
 
 T = TypeVar("T")
 log = structlog.get_logger("ragstream.stage")
+FASTSTREAM_LOGGER = logging.getLogger("ragstream.faststream")
+"""FastStream's own lines go through the root handler: JSON on stderr like ours."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,8 @@ class Stage:
             redis_settings.url,
             password=redis_settings.password.get_secret_value() if redis_settings.password else None,
             graceful_timeout=settings.grace_s,
+            logger=FASTSTREAM_LOGGER,
+            log_level=logging.DEBUG,  # per-message "Received/Processed" lines only at DEBUG
         )
         self.subscriptions: list[Subscription[Any]] = []
         self._periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = []
@@ -230,6 +235,7 @@ class Stage:
         configure_logging(self.settings.log_level)
         return FastStream(
             self.broker,
+            logger=FASTSTREAM_LOGGER,
             on_startup=[self.start],
             after_startup=[self.start_background],
             after_shutdown=[self.stop],

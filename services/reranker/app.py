@@ -1,0 +1,21 @@
+"""Reranker stage: `rag.retrieved` → `rag.reranked`. Run: `faststream run services.reranker.app:app`."""
+
+from functools import partial
+
+from services.reranker.events import rerank_batch
+from services.reranker.factory import build_reranker
+from services.reranker.settings import RerankerSettings
+from shared.contracts.queries import RETRIEVED
+from shared.stage import Stage
+
+settings = RerankerSettings()
+stage = Stage("reranker", settings)
+reranker = build_reranker(settings)
+stage.subscribe(
+    stage.streams.retrieved,
+    RETRIEVED,
+    partial(rerank_batch, reranker=reranker, settings=settings, out_stream=stage.streams.reranked),
+)
+app = stage.app()
+if reranker is not None:
+    app.after_shutdown(reranker.aclose)
