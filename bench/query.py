@@ -1,0 +1,94 @@
+"""Query-path benchmark: per-stage and end-to-end latency over real stage processes.
+
+    python -m bench.query --corpus ../shared/datasets/scifact/corpus.jsonl \
+        --queries ../shared/datasets/scifact/queries-train.jsonl [--limit-docs N] [--n 200]
+
+Starts all five stages on an embedded server with a fresh index, ingests the corpus, then asks
+`--n` queries one at a time. Prints one JSON line: p50/p95 of retrieve, rerank, generate and
+end-to-end milliseconds. Reranker and generator backends come from the usual env settings.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from ragstream.allinone import STAGES, Pipeline
+from ragstream.ingest import ingest, load_documents
+from ragstream.redis_server import start_server
+from shared.client import ask
+
+
+def summary(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))], 1)
+
+    return {"p50": at(50), "p95": at(95), "max": round(ordered[-1], 1)}
+
+
+async def run(url: str, corpus: Path, queries: list[str], limit_docs: int | None) -> dict[str, object]:
+    redis = Redis.from_url(url)
+    stages: dict[str, list[float]] = {"retrieve": [], "rerank": [], "generate": [], "end_to_end": []}
+    errors = abstained = 0
+    try:
+        report = await ingest(redis, load_documents(corpus)[:limit_docs], version=1, timeout_s=3600)
+        for text in queries:
+            started = time.perf_counter()
+            answer = await ask(redis, text, timeout=60)
+            stages["end_to_end"].append((time.perf_counter() - started) * 1000)
+            timings = answer.timings
+            for name, value in (("retrieve", timings.retrieve_ms), ("rerank", timings.rerank_ms), ("generate", timings.generate_ms)):  # fmt: skip
+                if value is not None:
+                    stages[name].append(value)
+            errors += answer.error is not None
+            abstained += answer.abstained
+    finally:
+        await redis.aclose()
+    return {
+        "docs": report.indexed,
+        "queries": len(queries),
+        "errors": errors,
+        "abstained": abstained,
+        **{f"{name}_ms": summary(values) for name, values in stages.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--queries", type=Path, required=True, help="JSONL with a text field")
+    parser.add_argument("--limit-docs", type=int, default=None)
+    parser.add_argument("--n", type=int, default=200, help="queries to ask")
+    args = parser.parse_args()
+    with args.queries.open(encoding="utf-8") as lines:
+        queries = [json.loads(line)["text"] for line in lines if line.strip()][: args.n]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(Path(tmp) / "redis")
+        pipeline = Pipeline(server.url, Path(tmp))
+        try:
+            for stage in STAGES:
+                pipeline.start_stage(stage)
+            pipeline.wait_ready(STAGES)
+            result = asyncio.run(run(server.url, args.corpus, queries, args.limit_docs))
+        finally:
+            pipeline.stop()
+            server.stop()
+    result["reranker"] = os.environ.get("RAG_RERANKER_BACKEND", "none")
+    result["generator"] = os.environ.get("RAG_GENERATOR_BACKEND", "extractive")
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
