@@ -32,7 +32,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    pipeline = allinone.start_pipeline(DATA_DIR, allinone.env_redis_url())
+    llm = None
+    if args.llm == "local":
+        from ragstream.local_llm import start_local_llm
+
+        llm = start_local_llm()
+        err.print(f"local LLM (SmolLM2 on llama.cpp) at {llm.base_url}")
+    try:
+        return _up(llm.env() if llm is not None else {})
+    finally:
+        if llm is not None:
+            llm.stop()
+
+
+def _up(extra_env: dict[str, str]) -> int:
+    pipeline = allinone.start_pipeline(DATA_DIR, allinone.env_redis_url(), extra_env=extra_env)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -43,7 +57,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             for stage, child in pipeline.children.items():
                 if child.poll() is not None:
                     err.print(f"[yellow]stage {stage} exited ({child.returncode}); restarting[/]")
-                    pipeline.start_stage(stage)
+                    pipeline.start_stage(stage, extra_env)
     finally:
         err.print("stopping…")
         pipeline.stop()
@@ -130,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     up = sub.add_parser("up", help="run every stage; starts an embedded Redis if none is set")
+    up.add_argument(
+        "--llm", choices=("none", "local"), default="none",
+        help="local: serve SmolLM2 with llama.cpp (the `llm` extra) and generate with it",
+    )  # fmt: skip
     up.set_defaults(func=cmd_up)
 
     ingest = sub.add_parser("ingest", help="publish a folder of .md/.txt or a JSONL and wait")
