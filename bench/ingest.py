@@ -55,10 +55,17 @@ def encode_ceiling(docs: list[SourceDoc], sample: int) -> float:
     return len(subset) / (time.perf_counter() - started)
 
 
-async def single_updates(redis: Redis, docs: list[SourceDoc], n: int, streams: StreamSettings) -> list[float]:
+async def single_updates(
+    redis: Redis, docs: list[SourceDoc], n: int, streams: StreamSettings
+) -> list[float]:
     freshness: list[float] = []
     for i, doc in enumerate(docs[:n]):
-        event = DocUpsert(doc_id=doc.doc_id, version=2_000_000_000_000 + i, title=doc.title, text=doc.text + " Updated.")
+        event = DocUpsert(
+            doc_id=doc.doc_id,
+            version=2_000_000_000_000 + i,
+            title=doc.title,
+            text=doc.text + " Updated.",
+        )
         report: IngestReport = await publish_and_wait(redis, [event], streams=streams, timeout_s=60)
         freshness.extend(report.freshness_ms)
     return freshness

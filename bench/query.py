@@ -36,9 +36,16 @@ def summary(values: list[float]) -> dict[str, float] | None:
     return {"p50": at(50), "p95": at(95), "max": round(ordered[-1], 1)}
 
 
-async def run(url: str, corpus: Path, queries: list[str], limit_docs: int | None) -> dict[str, object]:
+async def run(
+    url: str, corpus: Path, queries: list[str], limit_docs: int | None
+) -> dict[str, object]:
     redis = Redis.from_url(url)
-    stages: dict[str, list[float]] = {"retrieve": [], "rerank": [], "generate": [], "end_to_end": []}
+    stages: dict[str, list[float]] = {
+        "retrieve": [],
+        "rerank": [],
+        "generate": [],
+        "end_to_end": [],
+    }
     errors = abstained = 0
     try:
         report = await ingest(redis, load_documents(corpus)[:limit_docs], version=1, timeout_s=3600)
@@ -47,7 +54,12 @@ async def run(url: str, corpus: Path, queries: list[str], limit_docs: int | None
             answer = await ask(redis, text, timeout=60)
             stages["end_to_end"].append((time.perf_counter() - started) * 1000)
             timings = answer.timings
-            for name, value in (("retrieve", timings.retrieve_ms), ("rerank", timings.rerank_ms), ("generate", timings.generate_ms)):  # fmt: skip
+            measured = {
+                "retrieve": timings.retrieve_ms,
+                "rerank": timings.rerank_ms,
+                "generate": timings.generate_ms,
+            }
+            for name, value in measured.items():
                 if value is not None:
                     stages[name].append(value)
             errors += answer.error is not None

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis.asyncio import Redis
+from redis.typing import KeyT, StreamIdT
 
 from shared import wire
 from shared.contracts import DeadLetter, DocDelete, DocIndexed, DocUpsert
@@ -88,11 +89,6 @@ class IngestReport:
         }
 
 
-async def last_id(redis: Redis, stream: str) -> bytes:
-    newest = await redis.xrevrange(stream, count=1)
-    return newest[0][0] if newest else b"0-0"
-
-
 async def publish_docs(
     redis: Redis, stream: str, events: Sequence[DocUpsert | DocDelete], chunk: int = 500
 ) -> None:
@@ -119,7 +115,9 @@ async def ingest(
         DocUpsert(doc_id=d.doc_id, version=version, title=d.title, text=d.text, source="cli")
         for d in docs
     ]
-    return await publish_and_wait(redis, events, streams=streams, timeout_s=timeout_s, on_progress=on_progress)
+    return await publish_and_wait(
+        redis, events, streams=streams, timeout_s=timeout_s, on_progress=on_progress
+    )
 
 
 async def publish_and_wait(
@@ -130,16 +128,19 @@ async def publish_and_wait(
     timeout_s: float,
     on_progress: Callable[[int], None] | None = None,
 ) -> IngestReport:
-    cursors = {streams.indexed: await last_id(redis, streams.indexed), streams.dlq: await last_id(redis, streams.dlq)}
+    cursors: dict[KeyT, StreamIdT] = {
+        streams.indexed: await wire.last_entry_id(redis, streams.indexed),
+        streams.dlq: await wire.last_entry_id(redis, streams.dlq),
+    }
     waiting = {(e.doc_id, e.version) for e in events}
     report = IngestReport(docs=len(events))
     started = time.perf_counter()
     await publish_docs(redis, streams.docs, events)
     deadline = time.monotonic() + timeout_s
     while waiting and time.monotonic() < deadline:
-        response = await redis.xread(cursors, block=500, count=1000)  # type: ignore[arg-type]
+        response = await redis.xread(cursors, block=500, count=1000)
         settled = 0
-        for stream_name, entries in response:
+        for stream_name, entries in wire.read_entries(response):
             name = stream_name.decode()
             for entry_id, fields in entries:
                 cursors[name] = entry_id
@@ -150,7 +151,9 @@ async def publish_and_wait(
     return report
 
 
-def _settle(is_dlq: bool, fields: dict[bytes, bytes], waiting: set[tuple[str, int]], report: IngestReport) -> int:
+def _settle(
+    is_dlq: bool, fields: dict[bytes, bytes], waiting: set[tuple[str, int]], report: IngestReport
+) -> int:
     if is_dlq:
         letter = DeadLetter.model_validate_json(wire.payload_of(fields))
         key = (letter.doc_id or "", letter.version if letter.version is not None else -1)

@@ -51,13 +51,12 @@ async def send_and_wait(
     on_delta: Callable[[AnswerDelta], None] | None = None,
 ) -> Answer:
     reply = query.reply_to or streams.answers
-    newest = await redis.xrevrange(reply, count=1)
-    cursor: bytes = newest[0][0] if newest else b"0-0"
+    cursor = await wire.last_entry_id(redis, reply)
     await redis.xadd(streams.queries, wire.encode(query))
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
         response = await redis.xread({reply: cursor}, block=max(1, int(min(left, 1.0) * 1000)))
-        for _, entries in response:
+        for _, entries in wire.read_entries(response):
             for entry_id, fields in entries:
                 cursor = entry_id
                 payload = wire.payload_of(fields)

@@ -6,19 +6,33 @@ Decoding turns every way a payload can be wrong into a `PermanentError` with a c
 
 import json
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from shared.errors import PermanentError
 
 EVENT_FIELD = b"event"
 T = TypeVar("T")
 MAX_REASON_ERRORS = 5
+Fields = dict[FieldT, EncodableT]
+RawEntry = tuple[bytes, dict[bytes, bytes]]
 
 
-def encode(event: BaseModel) -> dict[bytes, bytes]:
+def encode(event: BaseModel) -> Fields:
     return {EVENT_FIELD: event.model_dump_json().encode()}
+
+
+def stream_entries(response: Any) -> list[RawEntry]:
+    """XRANGE / XREVRANGE reply (bytes client), typed."""
+    return cast(list[RawEntry], response)
+
+
+def read_entries(response: Any) -> list[tuple[bytes, list[RawEntry]]]:
+    """XREAD reply (bytes client), typed: [(stream, [(id, fields), ...]), ...]."""
+    return cast(list[tuple[bytes, list[RawEntry]]], response)
 
 
 def payload_of(fields: Mapping[bytes, bytes]) -> bytes:
@@ -42,7 +56,9 @@ def decode(adapter: TypeAdapter[T], fields: Mapping[bytes, bytes], *, max_bytes:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PermanentError(f"malformed JSON: {exc.msg} at line {exc.lineno} col {exc.colno}") from None
+        raise PermanentError(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
+        ) from None
     try:
         return adapter.validate_python(raw)
     except ValidationError as exc:
@@ -75,3 +91,10 @@ def subject_of(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
         if isinstance(value, kind) and not isinstance(value, bool):
             subject[key] = value
     return subject
+
+
+async def last_entry_id(redis: "Redis", stream: str) -> bytes:
+    """Id of the newest entry (`0-0` for an empty stream): read from here to see only what
+    comes next, without the race of `$`."""
+    newest = stream_entries(await redis.xrevrange(stream, count=1))
+    return newest[0][0] if newest else b"0-0"

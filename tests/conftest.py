@@ -51,7 +51,9 @@ def streams() -> StreamSettings:
 
 def stream_env(streams: StreamSettings) -> dict[str, str]:
     """Env that points a stage process at these stream names."""
-    return {f"RAG_STREAM_{name.upper()}": str(value) for name, value in streams.model_dump().items()}
+    return {
+        f"RAG_STREAM_{name.upper()}": str(value) for name, value in streams.model_dump().items()
+    }
 
 
 @pytest.fixture

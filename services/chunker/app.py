@@ -10,9 +10,7 @@ from shared.stage import Stage
 
 settings = ChunkerSettings()
 stage = Stage("chunker", settings)
-chunker = Chunker(
-    load_tokenizer(settings.tokenizer_path), settings.max_tokens
-)
+chunker = Chunker(load_tokenizer(settings.tokenizer_path), settings.max_tokens)
 stage.subscribe(
     stage.streams.docs,
     DOC_EVENT,

@@ -1,4 +1,7 @@
-"""Embedder stage: `rag.chunks` → index + `rag.indexed`. Run: `faststream run services.embedder.app:app`."""
+"""Embedder stage: `rag.chunks` → index + `rag.indexed`.
+
+Run: `ragstream run embedder` or `faststream run services.embedder.app:app`.
+"""
 
 from functools import partial
 

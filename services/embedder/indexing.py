@@ -111,7 +111,9 @@ def _ack(event: ChunkedDoc | DocDelete, result: WriteOutcome, indexed_at: object
         doc_id=event.doc_id,
         version=event.version,
         outcome=outcome,
-        n_chunks=len(event.chunks) if isinstance(event, ChunkedDoc) and outcome is IndexOutcome.INDEXED else 0,
+        n_chunks=len(event.chunks)
+        if isinstance(event, ChunkedDoc) and outcome is IndexOutcome.INDEXED
+        else 0,
         doc_emitted_at=event.doc_emitted_at if isinstance(event, ChunkedDoc) else event.emitted_at,
         indexed_at=indexed_at,
     )

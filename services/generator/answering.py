@@ -1,4 +1,4 @@
-"""Reranked candidates in, streamed deltas and one final Answer out, on the client's reply stream."""
+"""Reranked candidates in; streamed deltas and one final Answer out, on the reply stream."""
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence

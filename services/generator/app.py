@@ -16,7 +16,9 @@ chat = ChatBackend(settings) if settings.backend == "openai" else None
 stage.subscribe(
     stage.streams.reranked,
     RERANKED,
-    partial(answer_batch, settings=settings, chat=chat, streams=stage.streams, publish=stage.publish),
+    partial(
+        answer_batch, settings=settings, chat=chat, streams=stage.streams, publish=stage.publish
+    ),
     on_reject=lambda entry, reason: error_answer(entry, reason, stage.streams),
 )
 app = stage.app()

@@ -1,4 +1,7 @@
-"""Reranker stage: `rag.retrieved` → `rag.reranked`. Run: `faststream run services.reranker.app:app`."""
+"""Reranker stage: `rag.retrieved` → `rag.reranked`.
+
+Run: `ragstream run reranker` or `faststream run services.reranker.app:app`.
+"""
 
 from functools import partial
 

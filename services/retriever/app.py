@@ -1,4 +1,7 @@
-"""Retriever stage: `rag.queries` → `rag.retrieved`. Run: `faststream run services.retriever.app:app`."""
+"""Retriever stage: `rag.queries` → `rag.retrieved`.
+
+Run: `ragstream run retriever` or `faststream run services.retriever.app:app`.
+"""
 
 from functools import partial
 
@@ -6,8 +9,8 @@ from services.retriever.retrieval import retrieve_batch
 from services.retriever.settings import RetrieverSettings
 from shared.contracts.queries import QUERY
 from shared.embedding import SentenceTransformerEmbedder
-from shared.settings import EmbeddingSettings, StoreSettings
 from shared.replies import error_answer
+from shared.settings import EmbeddingSettings, StoreSettings
 from shared.stage import Stage
 from shared.store.factory import open_store
 

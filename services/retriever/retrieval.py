@@ -18,7 +18,9 @@ from shared.store.records import Hit, SearchRequest, Vector
 log = structlog.get_logger("ragstream.retriever")
 
 
-def search_request(query: Query, vector: Vector | None, settings: RetrieverSettings) -> SearchRequest:
+def search_request(
+    query: Query, vector: Vector | None, settings: RetrieverSettings
+) -> SearchRequest:
     return SearchRequest(
         text=query.text,
         vector=vector,

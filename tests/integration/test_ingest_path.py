@@ -32,7 +32,9 @@ class IngestPath:
 
 
 @pytest.fixture(scope="module")
-def ingest_path(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IngestPath]:
+def ingest_path(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[IngestPath]:
     streams = unique_streams()
     data_dir = tmp_path_factory.mktemp("ingest")
     pipeline = Pipeline(redis_server.url, data_dir)
@@ -55,7 +57,9 @@ async def store(ingest_path: IngestPath) -> Store:
     return open_store(StoreSettings(lancedb_path=ingest_path.index_dir), dim=384)
 
 
-async def apply_events(redis: Redis, path: IngestPath, *events: DocUpsert | DocDelete) -> dict[tuple[str, int], str]:
+async def apply_events(
+    redis: Redis, path: IngestPath, *events: DocUpsert | DocDelete
+) -> dict[tuple[str, int], str]:
     report = await publish_and_wait(redis, events, streams=path.streams, timeout_s=60)
     assert len(report.outcomes) == len(events), report.summary()
     return report.outcomes
@@ -78,9 +82,15 @@ async def test_doc_becomes_searchable(redis: Redis, ingest_path: IngestPath, sto
     assert "zebra" in await bm25_doc_ids(store, "quagga")
 
 
-async def test_update_replaces_old_chunks(redis: Redis, ingest_path: IngestPath, store: Store) -> None:
-    await apply_events(redis, ingest_path, upsert("upd", 1, "Alpha version mentions the xylophone."))
-    long_text = "\n\n".join(f"Paragraph {i} about the marimba and its resonators." * 20 for i in range(6))
+async def test_update_replaces_old_chunks(
+    redis: Redis, ingest_path: IngestPath, store: Store
+) -> None:
+    await apply_events(
+        redis, ingest_path, upsert("upd", 1, "Alpha version mentions the xylophone.")
+    )
+    long_text = "\n\n".join(
+        f"Paragraph {i} about the marimba and its resonators." * 20 for i in range(6)
+    )
     outcomes = await apply_events(redis, ingest_path, upsert("upd", 2, long_text))
     assert outcomes == {("upd", 2): "indexed"}
     assert "upd" not in await bm25_doc_ids(store, "xylophone")
@@ -107,25 +117,37 @@ async def test_delete_removes_doc_and_blocks_older_upserts(
     assert await store.count_chunks("gone") == 0
 
 
-async def test_replayed_event_changes_nothing(redis: Redis, ingest_path: IngestPath, store: Store) -> None:
+async def test_replayed_event_changes_nothing(
+    redis: Redis, ingest_path: IngestPath, store: Store
+) -> None:
     event = upsert("replay", 1, "Tardigrades survive extreme cold. They also survive radiation.")
     await apply_events(redis, ingest_path, event)
     before = await store.hybrid_search(
-        SearchRequest(text="tardigrades", vector=None, mode="bm25", k=50, filters={"doc_id": "replay"})
+        SearchRequest(
+            text="tardigrades", vector=None, mode="bm25", k=50, filters={"doc_id": "replay"}
+        )
     )
     await redis.xadd(ingest_path.streams.docs, wire.encode(event))
     await redis.xadd(ingest_path.streams.docs, wire.encode(event))
     await apply_events(redis, ingest_path, upsert("replay-fence", 1, "A later event to wait on."))
     after = await store.hybrid_search(
-        SearchRequest(text="tardigrades", vector=None, mode="bm25", k=50, filters={"doc_id": "replay"})
+        SearchRequest(
+            text="tardigrades", vector=None, mode="bm25", k=50, filters={"doc_id": "replay"}
+        )
     )
     assert sorted(h.chunk.chunk_id for h in after) == sorted(h.chunk.chunk_id for h in before)
     assert await store.count_chunks("replay") == len(before) >= 1
 
 
-async def test_older_version_is_ignored(redis: Redis, ingest_path: IngestPath, store: Store) -> None:
-    await apply_events(redis, ingest_path, upsert("old", 5, "Version five talks about the narwhal."))
-    outcomes = await apply_events(redis, ingest_path, upsert("old", 4, "Version four talks about the walrus."))
+async def test_older_version_is_ignored(
+    redis: Redis, ingest_path: IngestPath, store: Store
+) -> None:
+    await apply_events(
+        redis, ingest_path, upsert("old", 5, "Version five talks about the narwhal.")
+    )
+    outcomes = await apply_events(
+        redis, ingest_path, upsert("old", 4, "Version four talks about the walrus.")
+    )
     assert outcomes == {("old", 4): "stale"}
     assert "old" in await bm25_doc_ids(store, "narwhal")
     assert "old" not in await bm25_doc_ids(store, "walrus")
@@ -139,15 +161,25 @@ async def test_bad_input_is_dead_lettered_and_good_doc_flows(
     bad: dict[str, dict[bytes, bytes]] = {
         "malformed JSON": {b"event": b'{"type": "upsert", "doc_id": '},
         "missing field": {b"event": b'{"type": "upsert", "doc_id": "m1", "version": 1}'},
-        "wrong type": {b"event": b'{"type": "upsert", "doc_id": "w1", "version": "seven", "text": "x"}'},
-        "non-UTF-8": {b"event": b'{"type": "upsert", "doc_id": "\xff\xfe", "version": 1, "text": "x"}'},
-        "empty text": {b"event": b'{"type": "upsert", "doc_id": "e1", "version": 1, "text": "   "}'},
-        "too large": {b"event": upsert("big", 1, "word " * PAYLOAD_LIMIT).model_dump_json().encode()},
+        "wrong type": {
+            b"event": b'{"type": "upsert", "doc_id": "w1", "version": "seven", "text": "x"}'
+        },
+        "non-UTF-8": {
+            b"event": b'{"type": "upsert", "doc_id": "\xff\xfe", "version": 1, "text": "x"}'
+        },
+        "empty text": {
+            b"event": b'{"type": "upsert", "doc_id": "e1", "version": 1, "text": "   "}'
+        },
+        "too large": {
+            b"event": upsert("big", 1, "word " * PAYLOAD_LIMIT).model_dump_json().encode()
+        },
         "no event field": {b"data": b"{}"},
     }
     for fields in bad.values():
         await redis.xadd(streams.docs, fields)
-    outcomes = await apply_events(redis, ingest_path, upsert("good", 1, "The okapi is related to the giraffe."))
+    outcomes = await apply_events(
+        redis, ingest_path, upsert("good", 1, "The okapi is related to the giraffe.")
+    )
     assert outcomes == {("good", 1): "indexed"}
     assert "good" in await bm25_doc_ids(store, "okapi")
 
@@ -160,9 +192,18 @@ async def test_bad_input_is_dead_lettered_and_good_doc_flows(
         await asyncio.sleep(0.1)
     reasons = [letter.reason for letter, _ in letters]
     assert len(letters) == len(bad), reasons
-    assert all(letter.stage == "chunker" and letter.source_stream == streams.docs for letter, _ in letters)
-    expected = ["malformed JSON", "text: Field required", "version: Input should be a valid integer",
-                "not valid UTF-8", "document text is empty", "over the 200,000-byte limit", "no 'event' field"]  # fmt: skip
+    assert all(
+        letter.stage == "chunker" and letter.source_stream == streams.docs for letter, _ in letters
+    )
+    expected = [
+        "malformed JSON",
+        "text: Field required",
+        "version: Input should be a valid integer",
+        "not valid UTF-8",
+        "document text is empty",
+        "over the 200,000-byte limit",
+        "no 'event' field",
+    ]
     for reason, fragment in zip(reasons, expected, strict=True):
         assert fragment in reason
     assert [payload for _, payload in letters] == [f.get(b"event", b"") for f in bad.values()]

@@ -39,7 +39,9 @@ class QueryPath:
 
 
 @pytest.fixture(scope="module")
-def query_path(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueryPath]:
+def query_path(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[QueryPath]:
     streams = unique_streams()
     data_dir = tmp_path_factory.mktemp("query")
     pipeline = Pipeline(redis_server.url, data_dir)
@@ -68,7 +70,9 @@ async def corpus(redis: Redis, query_path: QueryPath) -> None:
     )
 
 
-async def test_answer_cites_the_right_doc(redis: Redis, query_path: QueryPath, corpus: None) -> None:
+async def test_answer_cites_the_right_doc(
+    redis: Redis, query_path: QueryPath, corpus: None
+) -> None:
     answer = await ask(redis, "Who discovered the moons of Mars?", streams=query_path.streams)
     assert answer.error is None and not answer.abstained
     assert "Asaph Hall" in answer.text
@@ -123,7 +127,9 @@ async def test_bad_queries_get_error_answers_and_dead_letters(
 
     raw_bad = {
         "empty": b'{"type": "query", "query_id": "q-empty", "text": "   "}',
-        "too long": Query.model_construct(query_id="q-long", text="x" * 5000).model_dump_json().encode(),
+        "too long": Query.model_construct(query_id="q-long", text="x" * 5000)
+        .model_dump_json()
+        .encode(),
         "malformed": b'{"type": "query", "query_id": "q-bad", "text": ',
     }
     for payload in raw_bad.values():
@@ -134,7 +140,11 @@ async def test_bad_queries_get_error_answers_and_dead_letters(
     answers: dict[str, Answer] = {}
     for _ in range(100):
         for _, fields in await redis.xrange(streams.answers):
-            event = Answer.model_validate_json(fields[b"event"]) if b'"answer"' in fields[b"event"] else None
+            event = (
+                Answer.model_validate_json(fields[b"event"])
+                if b'"answer"' in fields[b"event"]
+                else None
+            )
             if event is not None and event.query_id in {"q-empty", "q-long", "q-hijack"}:
                 answers[event.query_id] = event
         if len(answers) == 3:
