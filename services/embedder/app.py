@@ -22,6 +22,9 @@ stage.subscribe(
     CHUNK_EVENT,
     partial(index_batch, embedder=embedder, store=store, out_stream=stage.streams.indexed),
 )
-stage.every(settings.optimize_interval_s, store.optimize)
+stage.every(
+    settings.optimize_check_s,
+    partial(store.optimize, min_new_versions=settings.optimize_after_versions),
+)
 app = stage.app()
 app.after_shutdown(store.close)

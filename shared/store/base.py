@@ -23,8 +23,9 @@ class Store(Protocol):
 
     async def count_chunks(self, doc_id: str | None = None) -> int: ...
 
-    async def optimize(self) -> None:
-        """Compact and refresh indexes; the writer calls it periodically."""
+    async def optimize(self, *, min_new_versions: int = 0) -> None:
+        """Compact and refresh indexes; the writer calls it periodically. With
+        `min_new_versions`, only once that many writes have piled up since the last run."""
         ...
 
     async def close(self) -> None: ...

@@ -115,6 +115,7 @@ class LanceDBStore:
         self._chunks: Any = None
         self._state: Any = None  # lancedb is untyped
         self._lock = asyncio.Lock()
+        self._optimized_at = 0  # chunk-table version after the last optimize()
 
     async def open(self) -> None:
         """Create or open both tables and their indexes (idempotent, safe across processes)."""
@@ -145,7 +146,19 @@ class LanceDBStore:
     # ---- writes ------------------------------------------------------------------------------
 
     async def apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
-        """Apply a batch in three commits at most (chunks, fences, prune); see the module doc."""
+        """Apply a batch in three commits at most (chunks, fences, prune); see the module doc.
+
+        An I/O failure (directory gone, disk full, read-only) is a `TransientError`: the batch
+        is retried later and a replay heals whatever step it stopped at.
+        """
+        try:
+            return await self._apply(writes)
+        except (OSError, RuntimeError) as exc:
+            if not _is_io_error(exc):
+                raise
+            raise TransientError(f"LanceDB I/O error ({type(exc).__name__})") from exc
+
+    async def _apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
         if not writes:
             return []
         chunks, state = await self._tables()
@@ -156,9 +169,9 @@ class LanceDBStore:
             w for w in winners.values()
             if isinstance(w, UpsertDoc) and _newer(w.version, before.get(w.doc_id))
         ]  # fmt: skip
-        if new_rows:
-            data = self._rows(new_rows)
-            await _retry(lambda: _merge(chunks, "chunk_id", data))
+        rows = self._rows(new_rows)
+        if rows.num_rows:
+            await _retry(lambda: _merge(chunks, "chunk_id", rows))
         advance = [
             DocState(w.doc_id, w.version, isinstance(w, DeleteDoc))
             for w in winners.values()
@@ -192,6 +205,8 @@ class LanceDBStore:
         vectors: list[Vector] = []
         seen: set[str] = set()
         for doc in upserts:
+            if not doc.chunks:
+                continue
             matrix = np.asarray(doc.vectors, dtype=np.float32)
             if matrix.shape != (len(doc.chunks), self.dim) or not np.isfinite(matrix).all():
                 raise PermanentError(
@@ -210,28 +225,44 @@ class LanceDBStore:
                     columns[name].append(getattr(chunk, name))
                 columns["search_text"].append(search_text(chunk))
             vectors.append(matrix)
-        flat = pa.array(np.concatenate(vectors).reshape(-1), type=pa.float32())
-        columns["vector"] = pa.FixedSizeListArray.from_arrays(flat, self.dim)
+        flat = np.concatenate(vectors).reshape(-1) if vectors else np.empty(0, np.float32)
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim)
         columns["section_path"] = [list(p) for p in columns["section_path"]]
         return pa.Table.from_pydict(columns, schema=chunk_schema(self.dim))
 
-    async def optimize(self, *, cleanup_older_than: timedelta = timedelta(minutes=10)) -> None:
+    async def optimize(
+        self,
+        *,
+        min_new_versions: int = 0,
+        cleanup_older_than: timedelta = timedelta(minutes=10),
+    ) -> None:
         """Compact fragments, fold new rows into the indexes, drop old table versions.
 
         Every add, merge and delete commits a new table version and usually a new small fragment
         (deletes add deletion files). Searches still find rows not yet indexed by scanning those
-        fragments, so freshness costs nothing at write time but queries slow down as unindexed
-        rows and fragments pile up. The writer should call this every few hundred applies or so.
-        Versions older than ``cleanup_older_than`` are deleted: keep it well above the longest
-        read another process may still be running.
+        fragments, so freshness costs nothing at write time, but reads and writes slow down as
+        fragments pile up: on 5k rows, 300 one-doc applies without this took hybrid search p50
+        from ~12 to ~100 ms and apply p50 from ~30 to ~150 ms. Call it every ~50 applies (or on a
+        timer) from one writer, off the ack path; it loses commit races to concurrent writes,
+        which are retried. Versions older than ``cleanup_older_than`` are deleted: keep it well
+        above the longest read another process may still be running. With `min_new_versions`,
+        it does nothing until the chunk table has gained that many versions since the last run,
+        so a writer can call it often and pay only when writes have piled up.
         """
-        for table in await self._tables():
+        tables = await self._tables()
+        if await tables[0].version() - self._optimized_at < min_new_versions:
+            return
+        for table in tables:
             await _retry(partial(table.optimize, cleanup_older_than=cleanup_older_than))
+        self._optimized_at = await tables[0].version()
 
     # ---- reads -------------------------------------------------------------------------------
 
     async def hybrid_search(self, request: SearchRequest) -> list[Hit]:
         """Read ``candidates`` from each list, keep the chunks of each doc's fenced version, fuse.
+
+        ``Hit.score`` is the fused score in hybrid mode, the cosine similarity in dense mode and
+        the BM25 score in bm25 mode.
 
         The fences are read after the lists, so a doc whose new chunks *and* new fence were both
         committed in between (a window of one fence read) can be missing from that one answer.
@@ -389,6 +420,11 @@ async def _ensure_index(table: Any, column: str, config: Any) -> None:
     except (RuntimeError, ValueError) as exc:  # another process won the race
         if "already exists" not in str(exc):
             raise
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, OSError) or "io error" in text or "lanceerror(io)" in text
 
 
 def _is_conflict(exc: BaseException) -> bool:
