@@ -21,9 +21,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from ragstream.allinone import Pipeline
+from ragstream.allinone import running
 from ragstream.ingest import IngestReport, SourceDoc, ingest, load_documents, publish_and_wait
-from ragstream.redis_server import start_server
 from shared.contracts import DocUpsert
 from shared.settings import StreamSettings
 
@@ -97,17 +96,8 @@ def main() -> None:
     docs = load_documents(args.corpus)[: args.limit]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp) / "redis")
-        pipeline = Pipeline(server.url, Path(tmp))
-        try:
-            for stage in STAGES:
-                pipeline.start_stage(stage)
-            pipeline.wait_ready(STAGES)
-            result = asyncio.run(run(args, server.url, docs))
-        finally:
-            pipeline.stop()
-            server.stop()
+    with tempfile.TemporaryDirectory() as tmp, running(Path(tmp), stages=STAGES) as pipeline:
+        result = asyncio.run(run(args, pipeline.redis_url, docs))
     ceiling = encode_ceiling(docs, args.ceiling_sample)
     bulk = result["bulk"]
     assert isinstance(bulk, dict)

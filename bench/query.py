@@ -19,9 +19,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from ragstream.allinone import STAGES, Pipeline
+from ragstream.allinone import running
 from ragstream.ingest import ingest, load_documents
-from ragstream.redis_server import start_server
 from shared.client import ask
 
 
@@ -86,17 +85,8 @@ def main() -> None:
         queries = [json.loads(line)["text"] for line in lines if line.strip()][: args.n]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp) / "redis")
-        pipeline = Pipeline(server.url, Path(tmp))
-        try:
-            for stage in STAGES:
-                pipeline.start_stage(stage)
-            pipeline.wait_ready(STAGES)
-            result = asyncio.run(run(server.url, args.corpus, queries, args.limit_docs))
-        finally:
-            pipeline.stop()
-            server.stop()
+    with tempfile.TemporaryDirectory() as tmp, running(Path(tmp)) as pipeline:
+        result = asyncio.run(run(pipeline.redis_url, args.corpus, queries, args.limit_docs))
     result["reranker"] = os.environ.get("RAG_RERANKER_BACKEND", "none")
     result["generator"] = os.environ.get("RAG_GENERATOR_BACKEND", "extractive")
     sys.stdout.write(json.dumps(result) + "\n")

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +120,23 @@ def start_pipeline(
         pipeline.stop()
         raise
     return pipeline
+
+
+@contextmanager
+def running(
+    data_dir: Path,
+    redis_url: str | None = None,
+    stages: tuple[str, ...] = STAGES,
+    extra_env: dict[str, str] | None = None,
+    streams: StreamSettings | None = None,
+) -> Iterator[Pipeline]:
+    """The stages started, ready, and stopped (with the embedded server, if one was started)."""
+    pipeline = start_pipeline(data_dir, redis_url, stages, extra_env)
+    try:
+        pipeline.wait_ready(stages, streams=streams)
+        yield pipeline
+    finally:
+        pipeline.stop()
 
 
 def env_redis_url() -> str | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 from rich.console import Console
 
-from ragstream.allinone import STAGES, env_redis_url, start_pipeline
+from ragstream.allinone import STAGES, env_redis_url, running
 from ragstream.ingest import ingest, load_documents
 from ragstream.render import print_answer
 from shared.client import ask
@@ -37,11 +37,7 @@ async def _ingest_and_ask(redis_url: str, console: Console) -> bool:
 
 
 def run_demo(data_dir: Path, console: Console) -> int:
-    pipeline = start_pipeline(data_dir, env_redis_url())
-    try:
-        console.print(f"starting {', '.join(STAGES)} on {pipeline.redis_url} …")
-        pipeline.wait_ready(STAGES)
+    console.print(f"starting {', '.join(STAGES)} …")
+    with running(data_dir, env_redis_url()) as pipeline:
         ok = asyncio.run(_ingest_and_ask(pipeline.redis_url, console))
-    finally:
-        pipeline.stop()
     return 0 if ok else 1

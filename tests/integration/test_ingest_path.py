@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from ragstream.allinone import Pipeline
+from ragstream.allinone import Pipeline, running
 from ragstream.ingest import publish_and_wait
 from ragstream.redis_server import RedisServer
 from shared import wire
@@ -37,19 +37,13 @@ def ingest_path(
 ) -> Iterator[IngestPath]:
     streams = unique_streams()
     data_dir = tmp_path_factory.mktemp("ingest")
-    pipeline = Pipeline(redis_server.url, data_dir)
     env = {
         **stream_env(streams),
         "RAG_STORE_LANCEDB_PATH": str(data_dir / "index"),
         "RAG_CHUNKER_MAX_PAYLOAD_BYTES": str(PAYLOAD_LIMIT),
     }
-    for stage in STAGES:
-        pipeline.start_stage(stage, env)
-    try:
-        pipeline.wait_ready(STAGES, streams=streams)
+    with running(data_dir, redis_server.url, STAGES, env, streams) as pipeline:
         yield IngestPath(pipeline, streams, data_dir / "index")
-    finally:
-        pipeline.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 from redis.asyncio import Redis
 
-from ragstream.allinone import STAGES, Pipeline
+from ragstream.allinone import STAGES, Pipeline, running
 from ragstream.ingest import publish_and_wait
 from ragstream.redis_server import RedisServer
 from shared import wire
@@ -44,15 +44,9 @@ def query_path(
 ) -> Iterator[QueryPath]:
     streams = unique_streams()
     data_dir = tmp_path_factory.mktemp("query")
-    pipeline = Pipeline(redis_server.url, data_dir)
     env = {**stream_env(streams), "RAG_STORE_LANCEDB_PATH": str(data_dir / "index")}
-    for stage in STAGES:
-        pipeline.start_stage(stage, env)
-    try:
-        pipeline.wait_ready(STAGES, streams=streams)
+    with running(data_dir, redis_server.url, STAGES, env, streams) as pipeline:
         yield QueryPath(pipeline, streams)
-    finally:
-        pipeline.stop()
 
 
 async def index(redis: Redis, path: QueryPath, *events: DocUpsert | DocDelete) -> None:
