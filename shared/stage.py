@@ -4,21 +4,31 @@ Delivery semantics (see docs/reliability.md):
 - Consumer groups are created at id `0` before the subscribers start, so entries published before
   a stage first ran are not skipped.
 - An entry is acked in the same MULTI/EXEC transaction that publishes its outputs (or its dead
-  letter): a crash leaves both undone or both done, so stage-to-stage hand-off is exactly-once.
+  letter): a crash leaves both undone or both done. (A commit retried because Redis dropped the
+  connection may, if the lost reply was a success, publish its outputs twice: downstream is
+  idempotent.)
 - Bad input (`PermanentError`) is dead-lettered with its reason and acked; the rest of the batch
   flows. Transient errors are retried in-process with backoff (without burning the delivery
-  budget); after `transient_retry_s` the entries stay pending for reclaim.
-- A reclaim loop takes over entries other consumers left pending longer than `reclaim_idle_ms`
-  (XAUTOCLAIM); an entry delivered more than `max_deliveries` times is dead-lettered.
+  budget); after `transient_retry_s` the entries stay pending for reclaim. While a batch is in
+  flight its entries are re-claimed by their own consumer (XCLAIM JUSTID, which does not count
+  as a delivery) so that no sibling takes over work that is merely slow.
+- An unexpected exception fails the batch: it is retried entry by entry, so the good entries
+  flow and only the poison entry stays pending.
+- A reclaim loop takes over entries left pending longer than `reclaim_idle_ms` (XAUTOCLAIM), by
+  dead consumers or by failed handling; an entry delivered more than `max_deliveries` times is
+  dead-lettered.
+- Maintenance: acknowledged entries are trimmed from the input streams (never pending or unread
+  ones) and consumers idle with nothing pending are removed.
+- On SIGTERM: stop reading, finish and ack what is in flight (within `grace_s`), exit.
 """
 
 import asyncio
-import logging
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import structlog
 from faststream import AckPolicy, FastStream
@@ -26,7 +36,8 @@ from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisBatchStreamMessage
 from faststream.redis.message import FAKE_CONSUMER, BatchStreamMessage
 from faststream.redis.message import RedisBatchStreamMessage as BatchMessage
-from pydantic import BaseModel, TypeAdapter
+from faststream.security import SASLPlaintext
+from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -34,40 +45,40 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import wire
 from shared.contracts import DeadLetter
-from shared.logging import configure_logging
+from shared.delivery import (
+    BatchHandler,
+    Entry,
+    Failures,
+    InFlight,
+    Outcome,
+    Publication,
+    RejectHook,
+)
 from shared.errors import PermanentError, TransientError
+from shared.logging import configure_logging
 from shared.settings import RedisSettings, StreamSettings
 from shared.stage_settings import StageSettings
+from shared.stream_maintenance import age_floor, remove_stale_consumers, trim_acknowledged
+from shared.subscription import Subscription
 
 T = TypeVar("T")
 log = structlog.get_logger("ragstream.stage")
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 FASTSTREAM_LOGGER = logging.getLogger("ragstream.faststream")
 """FastStream's own lines go through the root handler: JSON on stderr like ours."""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    id: bytes
-    fields: dict[bytes, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    stream: str
-    event: BaseModel
-
-
-Outcome = Sequence[Publication] | PermanentError
-"""What handling one entry produced: events to publish, or the reason to dead-letter it."""
-
-BatchHandler = Callable[[Sequence[T]], Awaitable[Sequence[Outcome]]]
-RejectHook = Callable[[Entry, str], Sequence[Publication]]
-"""Extra events to publish beside a dead letter (e.g. an error answer to the asking client)."""
 
 
 def redis_client(settings: RedisSettings) -> "Redis":
     password = settings.password.get_secret_value() if settings.password else None
     return Redis.from_url(settings.url, password=password)
+
+
+def broker_security(settings: RedisSettings) -> SASLPlaintext | None:
+    """The password (if not in the URL) for FastStream; the user is the URL's, else `default`."""
+    if settings.password is None:
+        return None
+    user = urlparse(settings.url).username or "default"
+    return SASLPlaintext(username=user, password=settings.password.get_secret_value())
 
 
 async def ensure_group(redis: "Redis", stream: str, group: str) -> None:
@@ -88,65 +99,6 @@ async def _no_decode(message: Any) -> None:
     return None
 
 
-class Subscription(Generic[T]):
-    """One input stream of a stage: how to decode its entries and what to do with them."""
-
-    def __init__(
-        self,
-        stage: "Stage",
-        stream: str,
-        adapter: TypeAdapter[T],
-        handle: BatchHandler[T],
-        on_reject: RejectHook | None = None,
-    ) -> None:
-        self.stage = stage
-        self.stream = stream
-        self.adapter = adapter
-        self.handle = handle
-        self.on_reject = on_reject
-
-    async def process(self, entries: Sequence[Entry], deliveries: Sequence[int] = ()) -> None:
-        stage, settings = self.stage, self.stage.settings
-        outcomes: dict[bytes, Outcome] = {}
-        good: list[tuple[Entry, T]] = []
-        for index, entry in enumerate(entries):
-            count = deliveries[index] if deliveries else 1
-            if count > settings.max_deliveries:
-                outcomes[entry.id] = PermanentError(
-                    f"gave up after {count - 1} deliveries (max_deliveries="
-                    f"{settings.max_deliveries})"
-                )
-                continue
-            try:
-                good.append((entry, wire.decode(self.adapter, entry.fields, max_bytes=settings.max_payload_bytes)))
-            except PermanentError as exc:
-                outcomes[entry.id] = exc
-        if good:
-            handled = await self._handle_with_retries([event for _, event in good])
-            if handled is None:
-                good_ids = {entry.id for entry, _ in good}
-                rest = [e for e in entries if e.id not in good_ids]
-                await stage.commit(self, rest, outcomes)
-                return
-            for (entry, _), outcome in zip(good, handled, strict=True):
-                outcomes[entry.id] = outcome
-        await stage.commit(self, entries, outcomes, deliveries)
-
-    async def _handle_with_retries(self, events: list[T]) -> Sequence[Outcome] | None:
-        deadline = time.monotonic() + self.stage.settings.transient_retry_s
-        delay = 0.1
-        while True:
-            try:
-                return await self.handle(events)
-            except TransientError as exc:
-                if time.monotonic() + delay > deadline:
-                    log.error("transient error, leaving entries pending", reason=str(exc))
-                    return None
-                log.warning("transient error, retrying", reason=str(exc), delay_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-
 class Stage:
     """A stage's broker, its own Redis client for publish-and-ack, and its subscriptions."""
 
@@ -165,7 +117,7 @@ class Stage:
         self.redis = redis_client(redis_settings)
         self.broker = RedisBroker(
             redis_settings.url,
-            password=redis_settings.password.get_secret_value() if redis_settings.password else None,
+            security=broker_security(redis_settings),
             graceful_timeout=settings.grace_s,
             logger=FASTSTREAM_LOGGER,
             log_level=logging.DEBUG,  # per-message "Received/Processed" lines only at DEBUG
@@ -173,6 +125,14 @@ class Stage:
         self.subscriptions: list[Subscription[Any]] = []
         self._periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self.in_flight = InFlight()
+        self.failures = Failures(settings.max_deliveries)
+        self._untrimmed = {
+            self.streams.docs, self.streams.chunks, self.streams.queries,
+            self.streams.retrieved, self.streams.reranked, self.streams.dlq,
+        }  # fmt: skip
+        """Stage inputs (trimmed by their consumers, safely) and the DLQ (purged by hand)."""
 
     def subscribe(
         self,
@@ -205,6 +165,8 @@ class Stage:
             ack_policy=AckPolicy.MANUAL,
         )(on_batch)
 
+    # ---- lifecycle ---------------------------------------------------------------------------
+
     async def start(self) -> None:
         """Before the broker starts: groups at 0. After: the reclaim loop."""
         for subscription in self.subscriptions:
@@ -215,16 +177,20 @@ class Stage:
         self._periodic.append((interval_s, job))
 
     async def start_background(self) -> None:
+        self._stopping = asyncio.Event()
         if self.subscriptions:
             self.every(self.settings.reclaim_interval_s, self._reclaim_all)
+            self.every(self.settings.reclaim_idle_ms / 3000, self._heartbeat)
+            self.every(self.settings.maintenance_interval_s, self.maintain)
         self._tasks = [
             asyncio.create_task(self._run_every(interval, job)) for interval, job in self._periodic
         ]
 
-    @staticmethod
-    async def _run_every(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
+    async def _run_every(self, interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
+                return
             try:
                 await job()
             except Exception:
@@ -238,22 +204,42 @@ class Stage:
             logger=FASTSTREAM_LOGGER,
             on_startup=[self.start],
             after_startup=[self.start_background],
+            on_shutdown=[self.begin_stop],
             after_shutdown=[self.stop],
         )
 
+    async def begin_stop(self) -> None:
+        """SIGTERM: background jobs finish the round they are in and start no other."""
+        self._stopping.set()
+
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """After the broker stopped (in-flight batches done): wait for background jobs, close."""
+        self._stopping.set()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=self.settings.grace_s)
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.redis.aclose()
+
+    # ---- publishing and acking ---------------------------------------------------------------
+
+    def _xadd(self, pipe: Any, stream: str, fields: wire.Fields) -> None:
+        """XADD; streams no group reads are trimmed by age, stage inputs never here."""
+        if self.streams.maxlen:  # the documented last resort
+            pipe.xadd(stream, fields, maxlen=self.streams.maxlen, approximate=True)
+        elif stream in self._untrimmed:
+            pipe.xadd(stream, fields)
+        else:
+            pipe.xadd(stream, fields, minid=age_floor(self.settings.retention_s), approximate=True)
 
     async def publish(self, publications: Sequence[Publication]) -> None:
         """Publish now, outside any ack (e.g. streamed answer deltas)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in publications:
-                pipe.xadd(p.stream, wire.encode(p.event), maxlen=self.streams.maxlen, approximate=True)
+                self._xadd(pipe, p.stream, wire.encode(p.event))
             await pipe.execute()
 
     async def commit(
@@ -263,9 +249,33 @@ class Stage:
         outcomes: dict[bytes, Outcome],
         deliveries: Sequence[int] = (),
     ) -> None:
-        """Publish every outcome and XACK its entry in one MULTI/EXEC transaction."""
+        """Publish every outcome and XACK its entry in one MULTI/EXEC transaction.
+
+        Entries without an outcome are left pending. If Redis is unreachable the transaction is
+        retried (the work is done, only its hand-off is missing) for `transient_retry_s`.
+        """
         if not outcomes:
             return
+        deadline = time.monotonic() + self.settings.transient_retry_s
+        delay = 0.1
+        while True:
+            try:
+                await self._commit_once(subscription, entries, outcomes, deliveries)
+                return
+            except REDIS_DOWN as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("commit failed, retrying", reason=str(exc), delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _commit_once(
+        self,
+        subscription: Subscription[Any],
+        entries: Sequence[Entry],
+        outcomes: dict[bytes, Outcome],
+        deliveries: Sequence[int],
+    ) -> None:
         acked: list[bytes] = []
         async with self.redis.pipeline(transaction=True) as pipe:
             for index, entry in enumerate(entries):
@@ -279,11 +289,10 @@ class Stage:
                     hook = subscription.on_reject
                     outcome = hook(entry, outcome.reason) if hook is not None else ()
                 for p in outcome:
-                    pipe.xadd(
-                        p.stream, wire.encode(p.event), maxlen=self.streams.maxlen, approximate=True
-                    )
+                    self._xadd(pipe, p.stream, wire.encode(p.event))
             pipe.xack(subscription.stream, self.group, *acked)
             await pipe.execute()
+        self.failures.forget(acked)
 
     def _dead_letter(self, pipe: Any, stream: str, entry: Entry, reason: str, count: int) -> None:
         subject = wire.subject_of(entry.fields)
@@ -300,20 +309,36 @@ class Stage:
         log.warning("dead-lettered", entry_id=letter.entry_id, reason=reason, **subject)
         fields = wire.encode(letter)
         fields[b"payload"] = wire.payload_of(entry.fields)
-        pipe.xadd(self.streams.dlq, fields, maxlen=self.streams.maxlen, approximate=True)
+        self._xadd(pipe, self.streams.dlq, fields)
+
+    # ---- in-flight entries, reclaim, maintenance ----------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        """Reset the idle time of in-flight entries (XCLAIM JUSTID: no delivery is counted), so
+        that slow work (a long batch, a store outage being retried) is not reclaimed."""
+        for stream, ids in self.in_flight.by_stream().items():
+            for start in range(0, len(ids), 500):
+                try:
+                    await self.redis.xclaim(
+                        stream, self.group, self.settings.consumer, 0,
+                        list[Any](ids[start : start + 500]), justid=True,
+                    )  # fmt: skip
+                except REDIS_DOWN as exc:
+                    log.warning("heartbeat failed", stream=stream, reason=str(exc))
+                    return
 
     async def _reclaim_all(self) -> None:
         for subscription in self.subscriptions:
             try:
                 await self.reclaim(subscription)
-            except (RedisConnectionError, RedisTimeoutError, TransientError) as exc:
+            except (*REDIS_DOWN, TransientError) as exc:
                 log.warning("reclaim failed", stream=subscription.stream, reason=str(exc))
 
     async def reclaim(self, subscription: Subscription[Any]) -> int:
         """Take over entries idle longer than `reclaim_idle_ms` and process them; returns count."""
         total = 0
         start = b"0-0"
-        while True:
+        while not self._stopping.is_set():
             next_id, claimed, deleted = await self.redis.xautoclaim(
                 subscription.stream,
                 self.group,
@@ -335,8 +360,38 @@ class Stage:
                     consumername=self.settings.consumer,
                 )
                 counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+                log.info("reclaimed", stream=subscription.stream, entries=len(entries))
                 await subscription.process(entries, [counts.get(e.id, 1) for e in entries])
                 total += len(entries)
             if next_id in (b"0-0", "0-0"):
-                return total
+                break
             start = next_id
+        return total
+
+    async def maintain(self) -> None:
+        """Trim acknowledged entries from the input streams; remove stale consumers."""
+        for subscription in self.subscriptions:
+            try:
+                await trim_acknowledged(self.redis, subscription.stream)
+                await remove_stale_consumers(
+                    self.redis,
+                    subscription.stream,
+                    self.group,
+                    idle_s=self.settings.stale_consumer_idle_s,
+                    keep=self.settings.consumer,
+                )
+            except REDIS_DOWN as exc:
+                log.warning("maintenance failed", stream=subscription.stream, reason=str(exc))
+
+
+__all__ = [
+    "BatchHandler",
+    "Entry",
+    "Outcome",
+    "Publication",
+    "RejectHook",
+    "Stage",
+    "Subscription",
+    "ensure_group",
+    "redis_client",
+]

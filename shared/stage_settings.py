@@ -38,6 +38,17 @@ class StageSettings(BaseSettings):
     stale_consumer_idle_s: float = Field(
         default=3600.0, description="Consumers idle this long with nothing pending are removed."
     )
+    maintenance_interval_s: float = Field(
+        default=30.0,
+        description="How often the stage trims acknowledged entries from its input streams "
+        "(MINID below every group's oldest pending and last-delivered id) and removes stale "
+        "consumers.",
+    )
+    retention_s: float = Field(
+        default=86_400.0,
+        description="Streams no consumer group reads (freshness acks, answers) keep this many "
+        "seconds of entries; older ones are trimmed when publishing.",
+    )
     transient_retry_s: float = Field(
         default=300.0,
         description="How long a batch is retried in-process on transient errors (store down) "
