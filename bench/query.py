@@ -3,7 +3,8 @@
     python -m bench.query --corpus ../shared/datasets/scifact/corpus.jsonl \
         --queries ../shared/datasets/scifact/queries-train.jsonl [--limit-docs N] [--n 200]
 
-Starts all five stages on an embedded server with a fresh index, ingests the corpus, then asks
+Starts all five stages on an embedded server with a fresh index (or the existing one at
+RAG_STORE_LANCEDB_PATH when --corpus is omitted), ingests the corpus, then asks
 `--n` queries one at a time. Prints one JSON line: p50/p95 of retrieve, rerank, generate and
 end-to-end milliseconds. Reranker and generator backends come from the usual env settings.
 """
@@ -36,7 +37,7 @@ def summary(values: list[float]) -> dict[str, float] | None:
 
 
 async def run(
-    url: str, corpus: Path, queries: list[str], limit_docs: int | None
+    url: str, corpus: Path | None, queries: list[str], limit_docs: int | None
 ) -> dict[str, object]:
     redis = Redis.from_url(url)
     stages: dict[str, list[float]] = {
@@ -47,7 +48,8 @@ async def run(
     }
     errors = abstained = 0
     try:
-        report = await ingest(redis, load_documents(corpus)[:limit_docs], version=1, timeout_s=3600)
+        docs = load_documents(corpus)[:limit_docs] if corpus is not None else []
+        report = await ingest(redis, docs, version=1, timeout_s=3600)
         for text in queries:
             started = time.perf_counter()
             answer = await ask(redis, text, timeout=60)
@@ -66,7 +68,7 @@ async def run(
     finally:
         await redis.aclose()
     return {
-        "docs": report.indexed,
+        "docs_ingested": report.indexed,
         "queries": len(queries),
         "errors": errors,
         "abstained": abstained,
@@ -76,7 +78,10 @@ async def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument(
+        "--corpus", type=Path, help="ingested first; omit to query an existing index given by "
+        "RAG_STORE_LANCEDB_PATH (e.g. the one `ragstream eval` cached)",
+    )  # fmt: skip
     parser.add_argument("--queries", type=Path, required=True, help="JSONL with a text field")
     parser.add_argument("--limit-docs", type=int, default=None)
     parser.add_argument("--n", type=int, default=200, help="queries to ask")
