@@ -115,7 +115,7 @@ async def build_direct(
 def _stream_names() -> StreamSettings:
     prefix = f"eval{uuid.uuid4().hex[:8]}"
     names = ("docs", "chunks", "indexed", "queries", "retrieved", "reranked", "answers", "dlq")
-    return StreamSettings(**{name: f"{prefix}.{name}" for name in names})
+    return StreamSettings.model_validate({name: f"{prefix}.{name}" for name in names})
 
 
 def build_via_streams(
@@ -143,7 +143,9 @@ def build_via_streams(
         pipeline.wait_ready(stages, timeout=600, streams=streams)
         report = asyncio.run(_publish(redis_url, events, streams, timeout_s, on_progress))
         if report.indexed != len(events):
-            raise RuntimeError(f"streams indexed {report.indexed}/{len(events)}: {report.summary()}")
+            raise RuntimeError(
+                f"streams indexed {report.indexed}/{len(events)}: {report.summary()}"
+            )
     finally:
         pipeline.stop()
         if server is not None:
@@ -231,7 +233,14 @@ def ensure_index(
     chunker = Chunker(load_tokenizer(chunker_settings.tokenizer_path), chunker_settings.max_tokens)
     started = time.perf_counter()
     chunks = asyncio.run(
-        _build(events, root / "index", embedder, chunker, chunker_settings, on_progress)
+        _build(
+            events,
+            root / "index",
+            embedder,
+            chunker,
+            settings=chunker_settings,
+            on_progress=on_progress,
+        )
     )
     info = IndexInfo(
         key, str(root / "index"), len(events), chunks, time.perf_counter() - started, False
@@ -245,6 +254,7 @@ async def _build(
     path: Path,
     embedder: Embedder,
     chunker: Chunker,
+    *,
     settings: ChunkerSettings,
     on_progress: Progress | None,
 ) -> int:

@@ -49,9 +49,7 @@ def evaluate(qrels: Qrels, rankings: Rankings, metrics: Sequence[str]) -> dict[s
     return {name: round(float(scores[name]), 6) for name in metrics}
 
 
-def chunk_level(
-    qrels: Qrels, chunk_rankings: Rankings, k: int
-) -> dict[str, float]:
+def chunk_level(qrels: Qrels, chunk_rankings: Rankings, k: int) -> dict[str, float]:
     """Metrics if a cutoff counted chunks, not docs: the docs of the top-k chunks only.
 
     The contrast with `evaluate` on `docs_by_best_chunk` shows what aggregation recovers.

@@ -109,23 +109,22 @@ async def run_queries(
 ) -> QueryRun:
     """Every query through embed -> search -> (rerank), timed end to end, one at a time.
 
-    `depth` chunks are asked for (a query with `top_k_retrieve=depth`). `budget_ms=None` lets every rerank finish (quality is measured, not the
-    budget; rerank latency is reported beside).
+    `depth` chunks are asked for (a query with `top_k_retrieve=depth`). `budget_ms=None` lets
+    every rerank finish (quality is measured, not the budget; rerank latency is reported).
     """
     retriever = config.retriever
     reranker = build_reranker(config.reranker)
     result = QueryRun()
     try:
         for qid, text in queries.items():
-            query = Query(
-                query_id=qid, text=text, top_k_retrieve=min(depth, MAX_TOP_K_RETRIEVE)
-            )
+            query = Query(query_id=qid, text=text, top_k_retrieve=min(depth, MAX_TOP_K_RETRIEVE))
             started = time.perf_counter()
             candidates = await retrieve(query, store, embedder, retriever, depth)
             if reranker is not None:
                 outcome = await rerank(
                     query, candidates[:rerank_depth], reranker, top_n=rerank_depth,
                     budget_ms=budget_ms, max_passage_chars=config.reranker.max_passage_chars,
+                    fused_weight=config.reranker.fused_weight,
                 )  # fmt: skip
                 candidates = [*outcome.candidates, *candidates[rerank_depth:]]
                 result.rerank_ms.append(outcome.rerank_ms)

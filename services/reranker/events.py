@@ -28,6 +28,7 @@ async def rerank_batch(
             top_n=query.top_n,
             budget_ms=settings.budget_ms,
             max_passage_chars=settings.max_passage_chars,
+            fused_weight=settings.fused_weight,
         )
         log.info(
             "reranked",

@@ -76,10 +76,33 @@ def fused_order(candidates: Sequence[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: -c.fused_score)
 
 
-def order_by_scores(candidates: Sequence[Candidate], scores: Sequence[float]) -> list[Candidate]:
-    """Candidates with `rerank_score` set, best first; ties keep the incoming order."""
-    ranked = sorted(range(len(candidates)), key=lambda i: -scores[i])
+def order_by_scores(
+    candidates: Sequence[Candidate], scores: Sequence[float], keys: Sequence[float] | None = None
+) -> list[Candidate]:
+    """Candidates with `rerank_score` set, best first by `keys` (default: the scores); ties
+    keep the incoming order."""
+    order = scores if keys is None else keys
+    ranked = sorted(range(len(candidates)), key=lambda i: -order[i])
     return [candidates[i].model_copy(update={"rerank_score": float(scores[i])}) for i in ranked]
+
+
+def _standardised(values: Sequence[float]) -> list[float]:
+    mean = math.fsum(values) / len(values)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+    return [(v - mean) / std if std > 1e-12 else 0.0 for v in values]
+
+
+def blended(
+    candidates: Sequence[Candidate], scores: Sequence[float], fused_weight: float
+) -> list[float]:
+    """Ranking keys ``(1 - w) * z(reranker) + w * z(fused)``, each z-scored over the list.
+
+    The fused score keeps what the retriever knew (BM25 and dense agreeing); `w = 0` is the
+    reranker's order alone.
+    """
+    fused = _standardised([c.fused_score for c in candidates])
+    own = _standardised(scores)
+    return [(1.0 - fused_weight) * r + fused_weight * f for r, f in zip(own, fused, strict=True)]
 
 
 def _check_scores(scores: Sequence[float], expected: int, name: str) -> None:
@@ -99,10 +122,13 @@ async def rerank(
     budget_ms: float | None,
     *,
     max_passage_chars: int = 2000,
+    fused_weight: float = 0.0,
 ) -> RerankOutcome:
     """The `top_n` candidates in the reranker's order, or in fused order if it cannot deliver.
 
-    `budget_ms` bounds the whole `reranker.score` call (None: unbounded).
+    `budget_ms` bounds the whole `reranker.score` call (None: unbounded). With `fused_weight`
+    > 0 the order is that of `blended` reranker and fused scores (`rerank_score` stays the
+    reranker's own).
     """
     if top_n < 1:
         raise ValueError(f"top_n must be at least 1, got {top_n}")
@@ -132,6 +158,7 @@ async def rerank(
         log.warning("rerank_error", query_id=query.query_id, reranker=reranker.name, exc_info=True)
         reason = one_line(f"{reranker.name} rerank failed: {type(exc).__name__}: {exc}")
     else:
-        return outcome(order_by_scores(fused, scores))
+        keys = blended(fused, scores, fused_weight) if fused_weight > 0 else None
+        return outcome(order_by_scores(fused, scores, keys))
     log.warning("rerank_degraded", query_id=query.query_id, reranker=reranker.name, reason=reason)
     return outcome(fused, reason)

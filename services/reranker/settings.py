@@ -74,6 +74,15 @@ class RerankerSettings(StageSettings):
         description="Each candidate's title + text is cut to this many characters before "
         "scoring (the model truncates tokens past its own limit anyway).",
     )
+    fused_weight: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the retriever's fused score in the final order: "
+        "(1 - w) * z(rerank score) + w * z(fused score), z-scored over the candidates; 0 orders "
+        "by the reranker alone. 0.5 measured best with the SciFact-trained cross-encoder "
+        "(docs/evaluation.md).",
+    )
     device: str = Field(default="cpu", description="cross-encoder: torch device.")
     threads: int | None = Field(
         default=None, ge=1, description="cross-encoder: torch intra-op threads; default: torch's."

@@ -1,0 +1,44 @@
+"""Arguments of `ragstream eval` and `ragstream train-reranker` (light: no model imports)."""
+
+import argparse
+from pathlib import Path
+
+DEFAULT_CACHE = Path(".ragstream/eval-cache")
+MODES = ("bm25", "dense", "hybrid", "hybrid+rerank", "default")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="BEIR folder (or SQuAD-mini folder)")
+    parser.add_argument("--split", default="train", help="qrels/<split>.tsv")
+    parser.add_argument("--max-docs", type=int, help="corpus slice: queries' qrels docs + padding")
+    parser.add_argument("--max-queries", type=int, help="keep the first N judged queries")
+    parser.add_argument("--half", choices=("a", "b"), help="only this half of the queries")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the query halves")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="index cache")
+    parser.add_argument("--via-streams", action="store_true",
+                        help="index through real chunker+embedder processes on Redis")  # fmt: skip
+    parser.add_argument("--redis-url", help="for --via-streams; default: an embedded server")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    parser.add_argument("--mode", default="default",
+                        choices=MODES)  # fmt: skip
+    parser.add_argument("--k", type=int, default=10, help="cutoff of nDCG/recall/MRR")
+    parser.add_argument("--out", help="also write the JSON result here")
+    parser.add_argument("--reranker-model", help="cross-encoder path (hybrid+rerank)")
+    parser.add_argument("--fusion", choices=("zscore", "rrf", "minmax"), help="override")
+    parser.add_argument("--alpha", type=float, help="override the dense weight")
+    parser.add_argument("--candidates", type=int, help="override the per-list depth")
+    parser.add_argument("--rerank-budget-ms", type=float,
+                        help="apply this budget (default: none, latency is reported)")  # fmt: skip
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    parser.add_argument("--out", required=True, help="directory to save the CrossEncoder in")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--negatives", type=int, default=7, help="hard negatives per positive")
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--batch-groups", type=int, default=4, help="groups per step")
+    parser.add_argument("--lr", type=float, default=1.5e-4)
