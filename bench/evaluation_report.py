@@ -79,7 +79,7 @@ def setting(r: Result) -> str:
         text += f" {retriever['fusion']} α={retriever['alpha']} c={retriever['candidates']}"
     if reranker["backend"] != "none":
         text += f" + {reranker['backend']} `{Path(str(reranker['model'])).name}`"
-        text += f" w={reranker.get('fused_weight', 0.0)}"
+        text += f" w={reranker.get('fused_weight', 0.0)} depth={reranker.get('depth', 20)}"
     return text
 
 

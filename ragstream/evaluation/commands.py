@@ -148,7 +148,7 @@ def run_eval(args: argparse.Namespace, out: Console, err: Console) -> int:
         "reranker": {
             "backend": reranker.backend, "model": reranker.model,
             "max_seq_length": reranker.max_seq_length, "budget_ms": reranker.budget_ms,
-            "fused_weight": reranker.fused_weight,
+            "fused_weight": reranker.fused_weight, "depth": reranker.depth,
         },
     }  # fmt: skip
     line = json.dumps(result)

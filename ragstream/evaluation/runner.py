@@ -23,7 +23,6 @@ from shared.store.records import FusionMethod
 Mode = Literal["bm25", "dense", "hybrid", "hybrid+rerank", "default"]
 MODES: tuple[str, ...] = get_args(Mode)
 MAX_TOP_K_RETRIEVE = 200  # `Query.top_k_retrieve`'s limit
-RERANK_DEPTH = 20  # `Query.top_k_retrieve`'s default: what the reranker sees in production
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +102,6 @@ async def run_queries(
     config: ModeConfig,
     *,
     depth: int,
-    rerank_depth: int = RERANK_DEPTH,
     budget_ms: float | None = None,
     on_progress: Callable[[], None] | None = None,
 ) -> QueryRun:
@@ -122,11 +120,11 @@ async def run_queries(
             candidates = await retrieve(query, store, embedder, retriever, depth)
             if reranker is not None:
                 outcome = await rerank(
-                    query, candidates[:rerank_depth], reranker, top_n=rerank_depth,
+                    query, candidates, reranker, top_n=len(candidates),
                     budget_ms=budget_ms, max_passage_chars=config.reranker.max_passage_chars,
-                    fused_weight=config.reranker.fused_weight,
+                    fused_weight=config.reranker.fused_weight, depth=config.reranker.depth,
                 )  # fmt: skip
-                candidates = [*outcome.candidates, *candidates[rerank_depth:]]
+                candidates = list(outcome.candidates)
                 result.rerank_ms.append(outcome.rerank_ms)
                 result.degraded += outcome.degraded is not None
             result.query_ms.append((time.perf_counter() - started) * 1000)

@@ -29,6 +29,7 @@ async def rerank_batch(
             budget_ms=settings.budget_ms,
             max_passage_chars=settings.max_passage_chars,
             fused_weight=settings.fused_weight,
+            depth=settings.depth,
         )
         log.info(
             "reranked",

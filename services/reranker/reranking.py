@@ -123,12 +123,14 @@ async def rerank(
     *,
     max_passage_chars: int = 2000,
     fused_weight: float = 0.0,
+    depth: int | None = None,
 ) -> RerankOutcome:
     """The `top_n` candidates in the reranker's order, or in fused order if it cannot deliver.
 
     `budget_ms` bounds the whole `reranker.score` call (None: unbounded). With `fused_weight`
     > 0 the order is that of `blended` reranker and fused scores (`rerank_score` stays the
-    reranker's own).
+    reranker's own). With `depth`, only the first `depth` fused candidates are scored (a
+    cross-encoder's cost grows with every pair); the rest keep their fused order below them.
     """
     if top_n < 1:
         raise ValueError(f"top_n must be at least 1, got {top_n}")
@@ -145,7 +147,8 @@ async def rerank(
 
     if reranker is None or not fused:
         return outcome(fused)
-    passages = [passage_text(c, max_passage_chars) for c in fused]
+    head, tail = (fused[:depth], fused[depth:]) if depth is not None else (fused, [])
+    passages = [passage_text(c, max_passage_chars) for c in head]
     try:
         async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None):
             scores = await reranker.score(query.text, passages)
@@ -158,7 +161,7 @@ async def rerank(
         log.warning("rerank_error", query_id=query.query_id, reranker=reranker.name, exc_info=True)
         reason = one_line(f"{reranker.name} rerank failed: {type(exc).__name__}: {exc}")
     else:
-        keys = blended(fused, scores, fused_weight) if fused_weight > 0 else None
-        return outcome(order_by_scores(fused, scores, keys))
+        keys = blended(head, scores, fused_weight) if fused_weight > 0 else None
+        return outcome([*order_by_scores(head, scores, keys), *tail])
     log.warning("rerank_degraded", query_id=query.query_id, reranker=reranker.name, reason=reason)
     return outcome(fused, reason)

@@ -442,6 +442,26 @@ async def test_cohere_orders_by_the_servers_scores(
     assert cohere_server.auth_headers == ["Bearer test-key"]
 
 
+async def test_depth_scores_only_the_head_and_keeps_the_tail_in_fused_order(
+    cohere_server: RerankServer,
+) -> None:
+    reranker = cohere(cohere_server.url)
+    try:
+        outcome = await rerank(
+            query(QUESTION), POOL, reranker, top_n=len(POOL), budget_ms=5_000, depth=3
+        )
+    finally:
+        await reranker.aclose()
+    head = POOL[:3]
+    scores = [overlap(QUESTION, reader_text(c)) for c in head]
+    expected_head = [head[i].chunk_id for i in sorted(range(3), key=lambda i: -scores[i])]
+    assert outcome.degraded is None
+    assert ids(outcome.candidates) == [*expected_head, *ids(POOL[3:])]
+    (sent,) = cohere_server.requests
+    assert sent["documents"] == [reader_text(c) for c in head]
+    assert [c.rerank_score for c in outcome.candidates[3:]] == [None] * (len(POOL) - 3)
+
+
 async def test_cohere_gets_passages_cut_to_max_chars(cohere_server: RerankServer) -> None:
     reranker = cohere(cohere_server.url)
     try:
