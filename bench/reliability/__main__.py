@@ -14,7 +14,7 @@ from bench.reliability.scenarios import Sizes, run_all
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.reliability", description=__doc__)
-    parser.add_argument("--docs", type=int, default=300, help="docs per fault scenario")
+    parser.add_argument("--docs", type=int, default=1_000, help="docs per fault scenario")
     parser.add_argument("--burst", type=int, default=10_000, help="docs in the burst")
     parser.add_argument("--updates", type=int, default=200, help="events for the one updated doc")
     parser.add_argument("--outage-s", type=float, default=10.0, help="store outage length")
