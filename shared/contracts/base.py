@@ -4,13 +4,24 @@ from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION: Literal[1] = 1
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def non_blank(what: str) -> AfterValidator:
+    """A validator rejecting strings that are empty or only whitespace: "<what> is empty"."""
+
+    def check(value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"{what} is empty")
+        return value
+
+    return AfterValidator(check)
 
 
 class Event(BaseModel):

@@ -3,9 +3,9 @@
 import hashlib
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue, TypeAdapter, field_validator
+from pydantic import Field, JsonValue, TypeAdapter
 
-from shared.contracts.base import Event
+from shared.contracts.base import Event, non_blank
 
 DocId = Annotated[str, Field(min_length=1, max_length=512)]
 DocVersion = Annotated[int, Field(ge=0)]
@@ -23,16 +23,9 @@ class DocUpsert(Event):
     doc_id: DocId
     version: DocVersion
     title: str = ""
-    text: str
+    text: Annotated[str, non_blank("document text")]
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     source: str = ""
-
-    @field_validator("text")
-    @classmethod
-    def _text_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("document text is empty")
-        return value
 
     @property
     def content_hash(self) -> str:

@@ -2,9 +2,9 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from shared.contracts.base import Event
+from shared.contracts.base import Event, non_blank
 
 QueryText = Annotated[str, Field(min_length=1, max_length=4000)]
 
@@ -14,19 +14,12 @@ class Query(Event):
 
     type: Literal["query"] = "query"
     query_id: Annotated[str, Field(min_length=1, max_length=200)]
-    text: QueryText
+    text: Annotated[QueryText, non_blank("query text")]
     top_k_retrieve: Annotated[int, Field(ge=1, le=200)] = 20
     top_n: Annotated[int, Field(ge=1, le=50)] = 5
     filters: dict[str, str] | None = None
     reply_to: str | None = None
     stream: bool = False
-
-    @field_validator("text")
-    @classmethod
-    def _text_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query text is empty")
-        return value
 
 
 class Candidate(BaseModel):
