@@ -22,16 +22,18 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from ragstream.allinone import running
-from ragstream.ingest import IngestReport, SourceDoc, ingest, load_documents, publish_and_wait
+from ragstream.ingest import (
+    IngestReport,
+    SourceDoc,
+    ingest,
+    load_documents,
+    percentile,
+    publish_and_wait,
+)
 from shared.contracts import DocUpsert
 from shared.settings import StreamSettings
 
 STAGES = ("chunker", "embedder")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))], 1)
 
 
 def encode_ceiling(docs: list[SourceDoc], sample: int) -> float:
@@ -79,8 +81,8 @@ async def run(args: argparse.Namespace, url: str, docs: list[SourceDoc]) -> dict
         await redis.aclose()
     return {"bulk": bulk.summary(), "updates": {
         "n": len(updates),
-        "freshness_ms_p50": percentile(updates, 50) if updates else None,
-        "freshness_ms_p99": percentile(updates, 99) if updates else None,
+        "freshness_ms_p50": round(percentile(updates, 50), 1) if updates else None,
+        "freshness_ms_p99": round(percentile(updates, 99), 1) if updates else None,
         "freshness_ms_max": round(max(updates), 1) if updates else None,
     }}  # fmt: skip
 

@@ -21,19 +21,18 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from ragstream.allinone import running
-from ragstream.ingest import ingest, load_documents
+from ragstream.ingest import ingest, load_documents, percentile
 from shared.client import ask
 
 
 def summary(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))], 1)
-
-    return {"p50": at(50), "p95": at(95), "max": round(ordered[-1], 1)}
+    return {
+        "p50": round(percentile(values, 50), 1),
+        "p95": round(percentile(values, 95), 1),
+        "max": round(max(values), 1),
+    }
 
 
 async def run(

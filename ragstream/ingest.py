@@ -53,6 +53,12 @@ def _from_jsonl(file: Path) -> Iterator[SourceDoc]:
             yield SourceDoc(str(doc_id), str(row.get("title", "")), str(row["text"]))
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of a non-empty sample (the value below which q % fall)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
 @dataclass
 class IngestReport:
     docs: int
@@ -70,10 +76,7 @@ class IngestReport:
         return self.indexed / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float | None:
-        if not self.freshness_ms:
-            return None
-        ordered = sorted(self.freshness_ms)
-        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+        return percentile(self.freshness_ms, q) if self.freshness_ms else None
 
     def summary(self) -> dict[str, object]:
         p50, p99 = self.percentile(50), self.percentile(99)

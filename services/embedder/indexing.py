@@ -1,6 +1,7 @@
 """Chunk events in, index writes and freshness acks out: the embedder stage's logic."""
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import numpy as np
 import structlog
@@ -100,7 +101,7 @@ async def index_batch(
     return outcomes
 
 
-def _ack(event: ChunkedDoc | DocDelete, result: WriteOutcome, indexed_at: object) -> DocIndexed:
+def _ack(event: ChunkedDoc | DocDelete, result: WriteOutcome, indexed_at: datetime) -> DocIndexed:
     if result is WriteOutcome.STALE:
         outcome = IndexOutcome.STALE
     elif isinstance(event, DocDelete):
