@@ -20,3 +20,9 @@ def embedding_text(title: str, section_path: Sequence[str], text: str) -> str:
             parts.append(part)
     header = " > ".join(parts)
     return "\n\n".join(p for p in (header, text) if p)
+
+
+def search_text(title: str, section_path: Sequence[str], text: str) -> str:
+    """What BM25 indexes for a chunk: title, section path and text, one per line."""
+    parts = (title, " / ".join(section_path), text)
+    return "\n".join(part for part in parts if part)

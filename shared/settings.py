@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
+HybridMethod = Literal["client", "native"]
 
 
 def secrets_dir() -> Path | None:
@@ -65,7 +66,7 @@ class StoreSettings(BaseSettings):
     """Which index to use and where it is."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RAG_STORE_", extra="ignore", secrets_dir=secrets_dir()
+        env_prefix="RAG_STORE_", extra="ignore", secrets_dir=secrets_dir(), populate_by_name=True
     )
 
     backend: Literal["lancedb", "weaviate"] = Field(
@@ -80,7 +81,42 @@ class StoreSettings(BaseSettings):
         validation_alias=AliasChoices("RAG_STORE_WEAVIATE_URL", "WEAVIATE_URL"),
         description="Weaviate HTTP URL, e.g. http://weaviate:8080.",
     )
-    weaviate_api_key: SecretStr | None = Field(default=None, description="Weaviate API key.")
+    weaviate_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RAG_STORE_WEAVIATE_API_KEY", "WEAVIATE_API_KEY"),
+        description="Weaviate API key (env or the secret file `rag_store_weaviate_api_key`).",
+    )
+    weaviate_grpc_host: str | None = Field(
+        default=None, description="Weaviate gRPC host; default: the URL's host."
+    )
+    weaviate_grpc_port: int = Field(default=50051, description="Weaviate gRPC port.")
+    weaviate_grpc_secure: bool | None = Field(
+        default=None, description="TLS for gRPC; default: as the URL (`https` → TLS)."
+    )
+    weaviate_timeout_s: float = Field(
+        default=10.0, gt=0, description="Timeout of a Weaviate connect or query call."
+    )
+    weaviate_insert_timeout_s: float = Field(
+        default=30.0, gt=0, description="Timeout of a Weaviate batch insert or delete."
+    )
+    weaviate_retries: int = Field(
+        default=2,
+        ge=0,
+        description="In-process retries of a Weaviate call that failed transiently, before the "
+        "stage's own retry (and the event's redelivery) takes over.",
+    )
+    weaviate_consistency: Literal["ONE", "QUORUM", "ALL"] = Field(
+        default="QUORUM",
+        description="Consistency level of Weaviate writes and fence reads (replicated clusters).",
+    )
+    weaviate_replication_factor: int = Field(
+        default=1, ge=1, description="Replication factor of the collections this creates."
+    )
+    weaviate_hybrid: HybridMethod = Field(
+        default="client",
+        description="`client`: a vector and a BM25 query fused by ragstream (keeps per-list "
+        "scores for abstention); `native`: Weaviate's relative-score hybrid in one query.",
+    )
 
 
 class EmbeddingSettings(BaseSettings):

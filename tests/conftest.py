@@ -9,7 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from ragstream.redis_server import RedisServer, start_server
-from shared.settings import StreamSettings
+from ragstream.weaviate_server import WeaviateServer, WeaviateUnavailable, start_weaviate
+from shared.settings import StoreSettings, StreamSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -59,3 +60,53 @@ def stream_env(streams: StreamSettings) -> dict[str, str]:
 @pytest.fixture
 def index_dir(tmp_path: Path) -> Path:
     return tmp_path / "index"
+
+
+@pytest.fixture(scope="session")
+def weaviate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeaviateServer]:
+    """A real Weaviate this test run owns (built from its Go module once, see `make weaviate`).
+
+    A Weaviate that cannot be built or started fails the tests that need it: never a skip.
+    """
+    try:
+        server = start_weaviate(tmp_path_factory.mktemp("weaviate"))
+    except WeaviateUnavailable as exc:
+        pytest.fail(f"Weaviate is required for this test and could not start: {exc}")
+    yield server
+    server.stop()
+
+
+BACKENDS = ("lancedb", "weaviate")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> StoreSettings:
+    """Settings of a fresh, empty index of `backend` (its own table or collection)."""
+    table = f"t{uuid.uuid4().hex[:12]}"
+    if backend == "lancedb":
+        return StoreSettings(backend="lancedb", lancedb_path=tmp_path / "index", table=table)
+    server: WeaviateServer = request.getfixturevalue("weaviate_server")
+    return StoreSettings(
+        backend="weaviate",
+        weaviate_url=server.url,
+        weaviate_grpc_port=server.ports.grpc,
+        table=table,
+    )
+
+
+def store_env(settings: StoreSettings) -> dict[str, str]:
+    """Env that points a stage (or any process) at the index `settings` name."""
+    env = {
+        "RAG_STORE_BACKEND": settings.backend,
+        "RAG_STORE_TABLE": settings.table,
+        "RAG_STORE_LANCEDB_PATH": str(settings.lancedb_path),
+        "RAG_STORE_WEAVIATE_GRPC_PORT": str(settings.weaviate_grpc_port),
+    }
+    if settings.weaviate_url:
+        env["RAG_STORE_WEAVIATE_URL"] = settings.weaviate_url
+    return env

@@ -37,7 +37,7 @@ from shared.settings import EmbeddingSettings, StreamSettings
 from shared.stage import Publication
 from shared.store.lancedb_store import LanceDBStore
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 """Bump when what an index holds changes for the same settings (e.g. what BM25 indexes)."""
 VERSION = 1
 SOURCE = "eval"

@@ -12,7 +12,14 @@ from shared.contracts.base import utcnow
 from shared.embedding import Embedder, encode_async
 from shared.stage import Outcome, Publication
 from shared.store.base import Store
-from shared.store.records import ChunkRecord, DeleteDoc, DocWrite, UpsertDoc, WriteOutcome
+from shared.store.records import (
+    ChunkRecord,
+    DeleteDoc,
+    DocWrite,
+    UpsertDoc,
+    WriteOutcome,
+    metadata_tags,
+)
 
 log = structlog.get_logger("ragstream.embedder")
 
@@ -33,6 +40,7 @@ def _rank(event: ChunkedDoc | DocDelete) -> tuple[int, int]:
 
 
 def records_of(doc: ChunkedDoc) -> list[ChunkRecord]:
+    tags = metadata_tags(doc.metadata)
     return [
         ChunkRecord(
             chunk_id=c.chunk_id,
@@ -45,6 +53,7 @@ def records_of(doc: ChunkedDoc) -> list[ChunkRecord]:
             char_start=c.char_start,
             char_end=c.char_end,
             source=doc.source,
+            tags=tags,
         )
         for c in doc.chunks
     ]

@@ -10,10 +10,12 @@ class Store(Protocol):
     async def apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
         """Apply a batch of versioned writes; one outcome per write, in order.
 
-        Guarantees: new chunks are written before old ones are removed (a failure midway leaves
-        the old version searchable); writes older than the doc's current version or tombstone are
-        dropped; replaying a write changes nothing; concurrent writers converge on the newest
-        version with no orphaned chunks.
+        Guarantees (`shared.store.versioning` says how): a reader sees all of a doc's old
+        version or all of its new one, never a mix or a subset; a failure midway leaves the old
+        version served and a replay heals it; writes older than the doc's current version or
+        tombstone are dropped; replaying a write changes nothing; concurrent writers converge
+        on the newest version with no orphaned chunks. A malformed write is a `PermanentError`
+        (nothing is written), an unavailable index a `TransientError`.
         """
         ...
 

@@ -15,8 +15,7 @@ def open_store(settings: StoreSettings, dim: int) -> Store:
 
         return LanceDBStore(settings.lancedb_path, dim, table=settings.table)
     if settings.backend == "weaviate":
-        raise NotImplementedError(
-            "the Weaviate store adapter is not implemented yet; "
-            "set RAG_STORE_BACKEND=lancedb (the embedded default)"
-        )
+        from shared.store.weaviate_store import WeaviateStore
+
+        return WeaviateStore(settings, dim)
     raise ValueError(f"unknown store backend {settings.backend!r}")

@@ -1,37 +1,22 @@
-"""The embedded default index: LanceDB tables in a local directory.
+"""The embedded default index: LanceDB tables in a local directory, on the shared commit protocol.
 
-Two tables: ``<table>`` holds one row per chunk (text, BM25-indexed ``search_text``, vector), and
-``<table>_docs`` holds one row per document — its *fence*: the served version, or a tombstone.
+Two tables: ``<table>`` holds one row per chunk *version* (key ``row_id`` = ``chunk_id@version``;
+text, BM25-indexed ``search_text``, vector, metadata tags), and ``<table>_fences`` holds the fence
+markers (key ``doc_id@version`` plus ``~`` for a tombstone). `shared.store.versioning` says how
+`apply` commits and why a reader never sees a doc half-updated; this module only provides the
+primitives: idempotent inserts (merge-insert on the key, insert when not matched), deletes by
+predicate, the two candidate lists, compaction.
 
-A fence is the doc's commit point. Searches serve a chunk only if its version equals the doc's
-fence and the doc is not deleted, so a doc switches versions atomically when its fence advances,
-and rows a crashed writer left half-done stay invisible until a replay heals them.
-
-How ``apply`` stays correct with concurrent writers (other tasks or processes, same directory):
-
-1. read the fences of the batch's docs; drop writes older than them (STALE);
-2. merge-insert the new chunks on ``chunk_id``; a matched row is only replaced by a *newer*
-   version (``target.version < source.version``), so a slow older writer never overwrites newer
-   rows — at worst it inserts rows of its older version;
-3. advance the fences with a merge-insert that only replaces a fence by a newer one, so every
-   fence only moves forward, whatever order writers commit in;
-4. re-read the fences and delete every chunk of those docs below the fence (or at/below a
-   tombstone).
-
-Why no orphan survives: let ``F`` be a doc's final fence and ``r`` a row of an older version,
-committed by writer ``W`` in step 2. ``W`` prunes after that commit. If its fence read already
-sees ``F``, ``W`` deletes ``r``. If not, the writer of ``F`` advanced the fence after ``W``'s read,
-hence after ``r`` was committed, and that writer's own prune (after its fence commit) sees both
-``F`` and ``r`` and deletes ``r``. New rows are always committed before old ones are deleted, so
-a failure between steps leaves the old version served; a replay re-runs every step. Lance
+LanceDB is embedded: one directory, shared by processes on one machine (or one volume). Lance
 serialises commits; a conflicting one is retried (Lance retries merge-inserts itself, and
 ``_retry`` covers the rest). Both tables declare an unenforced primary key, without which two
-concurrent merge-inserts of a new key both insert it (checked on lancedb 0.40).
+concurrent merge-inserts of a new key both insert it (checked on lancedb 0.40). For several
+machines, use the Weaviate store.
 """
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -40,21 +25,21 @@ from typing import Any, TypeVar
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import FTS, BTree
+from lancedb.index import FTS, BTree, LabelList
 
-from shared.errors import PermanentError, TransientError
-from shared.store.fusion import fuse
+from shared.chunk_text import search_text
+from shared.errors import TransientError
 from shared.store.records import (
     ChunkRecord,
-    DeleteDoc,
     DocState,
     DocWrite,
-    Hit,
     SearchRequest,
     UpsertDoc,
     Vector,
     WriteOutcome,
+    split_filters,
 )
+from shared.store.versioning import Candidates, Scored, VersionedStore
 
 T = TypeVar("T")
 
@@ -63,13 +48,13 @@ _FTS = FTS(language="English", stem=True, remove_stop_words=True, lower_case=Tru
 _RETRIES = 6
 _CHUNK_COLUMNS = [
     "chunk_id", "doc_id", "version", "ordinal", "title", "text",
-    "section_path", "char_start", "char_end", "source",
+    "section_path", "char_start", "char_end", "source", "tags",
 ]  # fmt: skip
-_FILTERABLE = frozenset({"doc_id", "source"})
 
-STATE_SCHEMA = pa.schema(
+FENCE_SCHEMA = pa.schema(
     [
-        pa.field("doc_id", pa.string(), nullable=False, metadata=_PRIMARY_KEY),
+        pa.field("fence_id", pa.string(), nullable=False, metadata=_PRIMARY_KEY),
+        pa.field("doc_id", pa.string(), nullable=False),
         pa.field("version", pa.int64(), nullable=False),
         pa.field("deleted", pa.bool_(), nullable=False),
     ]
@@ -79,7 +64,8 @@ STATE_SCHEMA = pa.schema(
 def chunk_schema(dim: int) -> pa.Schema:
     return pa.schema(
         [
-            pa.field("chunk_id", pa.string(), nullable=False, metadata=_PRIMARY_KEY),
+            pa.field("row_id", pa.string(), nullable=False, metadata=_PRIMARY_KEY),
+            pa.field("chunk_id", pa.string(), nullable=False),
             pa.field("doc_id", pa.string(), nullable=False),
             pa.field("version", pa.int64(), nullable=False),
             pa.field("ordinal", pa.int32()),
@@ -89,145 +75,122 @@ def chunk_schema(dim: int) -> pa.Schema:
             pa.field("char_start", pa.int32()),
             pa.field("char_end", pa.int32()),
             pa.field("source", pa.string()),
+            pa.field("tags", pa.list_(pa.string())),
             pa.field("search_text", pa.string()),
             pa.field("vector", pa.list_(pa.float32(), dim)),
         ]
     )
 
 
-def search_text(chunk: ChunkRecord) -> str:
-    """What BM25 sees: title, section path and text."""
-    parts = (chunk.title, " / ".join(chunk.section_path), chunk.text)
-    return "\n".join(part for part in parts if part)
+class IndexFormatError(ValueError):
+    """The directory holds a table this version cannot use (other format or dimension)."""
 
 
-class LanceDBStore:
-    """`Store` on LanceDB. Construction is cheap; tables and indexes are made on first use.
+def fence_key(fence: DocState) -> str:
+    return f"{fence.doc_id}@{fence.version}{'~' if fence.deleted else ''}"
 
-    Every read checks for new table versions (``read_consistency_interval=0``), so a reader in
-    another process sees a write as soon as ``apply`` returns. Call ``optimize`` periodically
-    from the writer.
-    """
+
+class LanceDBIndex:
+    """`VersionedIndex` on LanceDB. Construction is cheap; tables and indexes are made on first
+    use. Every read checks for new table versions (``read_consistency_interval=0``), so a
+    reader in another process sees a write as soon as it is committed."""
 
     def __init__(self, path: str | Path, dim: int, *, table: str = "chunks") -> None:
         self.path, self.dim, self.table = Path(path), dim, table
         self._db: Any = None
         self._chunks: Any = None
-        self._state: Any = None  # lancedb is untyped
+        self._fences: Any = None  # lancedb is untyped
         self._lock = asyncio.Lock()
         self._optimized_at = 0  # chunk-table version after the last optimize()
 
     async def open(self) -> None:
-        """Create or open both tables and their indexes (idempotent, safe across processes)."""
         async with self._lock:
             if self._chunks is None:
-                chunks = await _retry(self._open, any_error=True)
-                vector = (await chunks.schema()).field("vector").type
-                if getattr(vector, "list_size", None) != self.dim:
-                    await self._close()
-                    raise ValueError(f"{self.path}/{self.table} holds {vector}, not dim {self.dim}")
+                await _retry(self._open, any_error=True)
 
-    async def _open(self) -> Any:
+    async def _open(self) -> None:
         db = await lancedb.connect_async(self.path, read_consistency_interval=timedelta(0))
-        chunks = await _open_table(db, self.table, chunk_schema(self.dim))
-        state = await _open_table(db, f"{self.table}_docs", STATE_SCHEMA)
-        await _ensure_index(chunks, "search_text", _FTS)
-        await _ensure_index(chunks, "chunk_id", BTree())
-        await _ensure_index(chunks, "doc_id", BTree())
-        await _ensure_index(state, "doc_id", BTree())
-        self._db, self._chunks, self._state = db, chunks, state
-        return chunks
+        try:
+            chunks = await _open_table(db, self.table, chunk_schema(self.dim))
+            schema = await chunks.schema()
+            if "row_id" not in schema.names:
+                raise IndexFormatError(
+                    f"{self.path}/{self.table} was written by an older ragstream (rows keyed "
+                    "by chunk_id alone); delete it and re-ingest, or use another table"
+                )
+            vector = schema.field("vector").type
+            if getattr(vector, "list_size", None) != self.dim:
+                raise IndexFormatError(
+                    f"{self.path}/{self.table} holds {vector}, not dim {self.dim}"
+                )
+            fences = await _open_table(db, f"{self.table}_fences", FENCE_SCHEMA)
+            await _ensure_index(chunks, "search_text", _FTS)
+            await _ensure_index(chunks, "row_id", BTree())
+            await _ensure_index(chunks, "doc_id", BTree())
+            await _ensure_index(chunks, "tags", LabelList())
+            await _ensure_index(fences, "fence_id", BTree())
+            await _ensure_index(fences, "doc_id", BTree())
+        except BaseException:
+            db.close()  # type: ignore[no-untyped-call]
+            raise
+        self._db, self._chunks, self._fences = db, chunks, fences
 
     async def _tables(self) -> tuple[Any, Any]:
         if self._chunks is None:
             await self.open()
-        return self._chunks, self._state
+        return self._chunks, self._fences
 
     # ---- writes ------------------------------------------------------------------------------
 
-    async def apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
-        """Apply a batch in three commits at most (chunks, fences, prune); see the module doc.
-
-        An I/O failure (directory gone, disk full, read-only) is a `TransientError`: the batch
-        is retried later and a replay heals whatever step it stopped at.
-        """
-        try:
-            return await self._apply(writes)
-        except (OSError, RuntimeError) as exc:
-            if not _is_io_error(exc):
-                raise
-            raise TransientError(f"LanceDB I/O error ({type(exc).__name__})") from exc
-
-    async def _apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
-        if not writes:
-            return []
-        chunks, state = await self._tables()
-        doc_ids = list(dict.fromkeys(w.doc_id for w in writes))
-        before = await self._fences(doc_ids)
-        outcomes, winners = plan(writes, before)
-        new_rows = [
-            w for w in winners.values()
-            if isinstance(w, UpsertDoc) and _newer(w.version, before.get(w.doc_id))
-        ]  # fmt: skip
-        rows = self._rows(new_rows)
-        if rows.num_rows:
-            await _retry(lambda: _merge(chunks, "chunk_id", rows))
-        advance = [
-            DocState(w.doc_id, w.version, isinstance(w, DeleteDoc))
-            for w in winners.values()
-            if _newer(w.version, before.get(w.doc_id))
-        ]
-        if advance:
-            data = pa.Table.from_pylist(
-                [{"doc_id": s.doc_id, "version": s.version, "deleted": s.deleted} for s in advance],
-                schema=STATE_SCHEMA,
-            )
-            await _retry(lambda: _merge(state, "doc_id", data))
-        await self._prune(doc_ids)
-        return outcomes
-
-    async def _prune(self, doc_ids: Sequence[str]) -> None:
-        """Delete chunks below each doc's fence (at or below it for a tombstone)."""
+    async def insert_rows(self, docs: Sequence[UpsertDoc]) -> None:
         chunks, _ = await self._tables()
-        fences = await self._fences(doc_ids)
-        if not fences:
-            return
-        clauses = [
-            f"(doc_id = {_sql(f.doc_id)} AND version {'<=' if f.deleted else '<'} {f.version})"
-            for f in fences.values()
-        ]
-        where = f"doc_id IN ({', '.join(_sql(d) for d in fences)}) AND ({' OR '.join(clauses)})"
-        if await chunks.count_rows(where):  # an empty delete would still commit a table version
-            await _retry(lambda: chunks.delete(where))
+        rows = self._rows(docs)
+        await _retry(lambda: _insert_new(chunks, "row_id", rows))
 
-    def _rows(self, upserts: Sequence[UpsertDoc]) -> pa.Table:
+    async def insert_fences(self, fences: Sequence[DocState]) -> None:
+        _, table = await self._tables()
+        data = pa.Table.from_pylist(
+            [
+                {"fence_id": fence_key(f), "doc_id": f.doc_id, "version": f.version,
+                 "deleted": f.deleted}
+                for f in fences
+            ],
+            schema=FENCE_SCHEMA,
+        )  # fmt: skip
+        await _retry(lambda: _insert_new(table, "fence_id", data))
+
+    async def prune(self, fences: Sequence[DocState]) -> None:
+        chunks, table = await self._tables()
+        docs = f"doc_id IN ({', '.join(_sql(f.doc_id) for f in fences)})"
+        rows = " OR ".join(
+            f"(doc_id = {_sql(f.doc_id)} AND version {'<=' if f.deleted else '<'} {f.version})"
+            for f in fences
+        )
+        markers = " OR ".join(
+            f"(doc_id = {_sql(f.doc_id)} AND (version < {f.version}"
+            + (f" OR (version = {f.version} AND NOT deleted)))" if f.deleted else "))")
+            for f in fences
+        )
+        for target, where in ((chunks, f"{docs} AND ({rows})"), (table, f"{docs} AND ({markers})")):
+            if await target.count_rows(where):  # an empty delete would still commit a version
+                await _retry(partial(target.delete, where))
+
+    def _rows(self, docs: Sequence[UpsertDoc]) -> pa.Table:
         columns: dict[str, list[Any]] = {name: [] for name in chunk_schema(self.dim).names}
         vectors: list[Vector] = []
-        seen: set[str] = set()
-        for doc in upserts:
-            if not doc.chunks:
-                continue
-            matrix = np.asarray(doc.vectors, dtype=np.float32)
-            if matrix.shape != (len(doc.chunks), self.dim) or not np.isfinite(matrix).all():
-                raise PermanentError(
-                    f"{doc.doc_id}@{doc.version}: vectors of shape {matrix.shape} for "
-                    f"{len(doc.chunks)} chunks of dim {self.dim}, or not finite"
-                )
+        for doc in docs:
             for chunk in doc.chunks:
-                if (chunk.doc_id, chunk.version) != (doc.doc_id, doc.version):
-                    raise PermanentError(
-                        f"{chunk.chunk_id} is not a chunk of {doc.doc_id}@{doc.version}"
-                    )
-                if chunk.chunk_id in seen:
-                    raise PermanentError(f"chunk id {chunk.chunk_id} repeated in one batch")
-                seen.add(chunk.chunk_id)
+                columns["row_id"].append(chunk.row_id)
                 for name in _CHUNK_COLUMNS:
                     columns[name].append(getattr(chunk, name))
-                columns["search_text"].append(search_text(chunk))
-            vectors.append(matrix)
+                columns["search_text"].append(
+                    search_text(chunk.title, chunk.section_path, chunk.text)
+                )
+            vectors.append(np.asarray(doc.vectors, dtype=np.float32))
         flat = np.concatenate(vectors).reshape(-1) if vectors else np.empty(0, np.float32)
         columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim)
         columns["section_path"] = [list(p) for p in columns["section_path"]]
+        columns["tags"] = [list(t) for t in columns["tags"]]
         return pa.Table.from_pydict(columns, schema=chunk_schema(self.dim))
 
     async def optimize(
@@ -258,59 +221,28 @@ class LanceDBStore:
 
     # ---- reads -------------------------------------------------------------------------------
 
-    async def hybrid_search(self, request: SearchRequest) -> list[Hit]:
-        """Read ``candidates`` from each list, keep the chunks of each doc's fenced version, fuse.
-
-        ``Hit.score`` is the fused score in hybrid mode, the cosine similarity in dense mode and
-        the BM25 score in bm25 mode.
-
-        The fences are read after the lists, so a doc whose new chunks *and* new fence were both
-        committed in between (a window of one fence read) can be missing from that one answer.
-        """
-        await self._tables()
-        unknown = set(request.filters) - _FILTERABLE
-        if unknown:
-            raise ValueError(f"cannot filter on {sorted(unknown)}; only on {sorted(_FILTERABLE)}")
-        where = " AND ".join(f"{k} = {_sql(v)}" for k, v in sorted(request.filters.items()))
-        want_dense = request.mode in ("dense", "hybrid")
-        if want_dense and (request.vector is None or request.vector.shape != (self.dim,)):
-            raise ValueError(f"mode {request.mode!r} needs a query vector of dim {self.dim}")
+    async def candidates(self, request: SearchRequest) -> Candidates:
+        fields, tags = split_filters(request.filters)
+        clauses = [f"{k} = {_sql(v)}" for k, v in sorted(fields.items())]
+        clauses += [f"array_has(tags, {_sql(t)})" for t in tags]
+        where = " AND ".join(clauses)
+        wants_dense = request.mode in ("dense", "hybrid")
         dense, bm25 = await asyncio.gather(
-            self._dense(request, where) if want_dense else _nothing(),
+            self._dense(request, where) if wants_dense else _nothing(),
             self._bm25(request, where) if request.mode != "dense" else _nothing(),
         )
-        rows = {r["chunk_id"]: r for r in (*dense, *bm25)}
-        fences = await self._fences({r["doc_id"] for r in rows.values()})
-        served = {
-            cid for cid, r in rows.items()
-            if (f := fences.get(r["doc_id"])) is not None
-            and not f.deleted and f.version == r["version"]
-        }  # fmt: skip
-        d_list = [(r["chunk_id"], 1.0 - r["_distance"]) for r in dense if r["chunk_id"] in served]
-        b_list = [(r["chunk_id"], r["_score"]) for r in bm25 if r["chunk_id"] in served]
-        alpha = {"dense": 1.0, "bm25": 0.0}.get(request.mode, request.alpha)
-        fused = fuse(d_list, b_list, method=request.fusion, alpha=alpha)[: request.k]
-        raw = {"dense": "dense", "bm25": "bm25"}.get(request.mode)
-        return [
-            Hit(
-                chunk=_chunk(rows[f.id]),
-                score=f.score if raw is None else float(getattr(f, raw)),
-                dense_score=f.dense,
-                bm25_score=f.bm25,
-            )
-            for f in fused
-        ]
+        return Candidates(dense=dense, bm25=bm25)
 
-    async def _dense(self, request: SearchRequest, where: str) -> list[dict[str, Any]]:
+    async def _dense(self, request: SearchRequest, where: str) -> Scored:
         chunks, _ = await self._tables()
         query = chunks.query().nearest_to(np.asarray(request.vector, dtype=np.float32))
         query = query.distance_type("cosine").limit(request.candidates)
         if where:
             query = query.where(where)
         table = await query.select([*_CHUNK_COLUMNS, "_distance"]).to_arrow()
-        return list(table.to_pylist())
+        return [(_chunk(r), 1.0 - r["_distance"]) for r in table.to_pylist()]
 
-    async def _bm25(self, request: SearchRequest, where: str) -> list[dict[str, Any]]:
+    async def _bm25(self, request: SearchRequest, where: str) -> Scored:
         if not request.text.strip():
             return []
         chunks, _ = await self._tables()
@@ -319,26 +251,15 @@ class LanceDBStore:
         if where:
             query = query.where(where)
         table = await query.select([*_CHUNK_COLUMNS, "_score"]).to_arrow()
-        return list(table.to_pylist())
+        return [(_chunk(r), r["_score"]) for r in table.to_pylist()]
 
-    async def _fences(self, doc_ids: Iterable[str]) -> dict[str, DocState]:
-        ids = list(doc_ids)
-        if not ids:
-            return {}
-        _, state = await self._tables()
-        where = f"doc_id IN ({', '.join(_sql(d) for d in ids)})"
-        table = await state.query().where(where).select(["doc_id", "version", "deleted"]).to_arrow()
-        fences: dict[str, DocState] = {}
-        for row in table.to_pylist():  # one row per doc; the newest wins if ever there are more
-            fence = DocState(row["doc_id"], row["version"], row["deleted"])
-            if _newer(fence.version, fences.get(fence.doc_id)):
-                fences[fence.doc_id] = fence
-        return fences
+    async def read_fences(self, doc_ids: Collection[str]) -> list[DocState]:
+        _, table = await self._tables()
+        where = f"doc_id IN ({', '.join(_sql(d) for d in doc_ids)})"
+        rows = await table.query().where(where).select(["doc_id", "version", "deleted"]).to_arrow()
+        return [DocState(r["doc_id"], r["version"], r["deleted"]) for r in rows.to_pylist()]
 
-    async def current_version(self, doc_id: str) -> DocState | None:
-        return (await self._fences([doc_id])).get(doc_id)
-
-    async def count_chunks(self, doc_id: str | None = None) -> int:
+    async def count_rows(self, doc_id: str | None = None) -> int:
         chunks, _ = await self._tables()
         where = None if doc_id is None else f"doc_id = {_sql(doc_id)}"
         return int(await chunks.count_rows(where))
@@ -348,61 +269,52 @@ class LanceDBStore:
             await self._close()
 
     async def _close(self) -> None:
-        for table in (self._chunks, self._state):
+        for table in (self._chunks, self._fences):
             if table is not None:
                 table.close()
         if self._db is not None:
             self._db.close()
-        self._db = self._chunks = self._state = None
+        self._db = self._chunks = self._fences = None
 
 
-def plan(
-    writes: Sequence[DocWrite], fences: Mapping[str, DocState]
-) -> tuple[list[WriteOutcome], dict[str, DocWrite]]:
-    """Outcome of each write, in order, and the last applied write of each doc (its winner).
+class LanceDBStore(VersionedStore):
+    """`Store` on a LanceDB directory. Call ``optimize`` periodically from the writer."""
 
-    An upsert is stale below the fence or at/below a tombstone; a delete at/below the fence.
-    An equal-version upsert replay is APPLIED (and changes nothing).
-    """
-    current = dict(fences)
-    outcomes: list[WriteOutcome] = []
-    winners: dict[str, DocWrite] = {}
-    for write in writes:
-        fence = current.get(write.doc_id)
-        deleting = isinstance(write, DeleteDoc)
-        stale = fence is not None and (
-            write.version < fence.version
-            or (write.version == fence.version and (deleting or fence.deleted))
-        )
-        outcomes.append(WriteOutcome.STALE if stale else WriteOutcome.APPLIED)
-        if not stale:
-            current[write.doc_id] = DocState(write.doc_id, write.version, deleting)
-            winners[write.doc_id] = write
-    return outcomes, winners
+    index: LanceDBIndex
 
+    def __init__(self, path: str | Path, dim: int, *, table: str = "chunks") -> None:
+        super().__init__(LanceDBIndex(path, dim, table=table))
 
-def _newer(version: int, fence: DocState | None) -> bool:
-    return fence is None or version > fence.version
+    async def apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
+        """See `VersionedStore.apply`. An I/O failure (directory gone, disk full, read-only) is
+        a `TransientError`: the batch is retried later and a replay heals whatever step it
+        stopped at."""
+        try:
+            return await super().apply(writes)
+        except (OSError, RuntimeError) as exc:
+            if not _is_io_error(exc):
+                raise
+            raise TransientError(f"LanceDB I/O error ({type(exc).__name__})") from exc
 
 
 def _chunk(row: Mapping[str, Any]) -> ChunkRecord:
     fields = {name: row[name] for name in _CHUNK_COLUMNS}
     fields["section_path"] = tuple(fields["section_path"] or ())
+    fields["tags"] = tuple(fields["tags"] or ())
     return ChunkRecord(**fields)
+
+
+async def _nothing() -> Scored:
+    return []
 
 
 def _sql(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-async def _nothing() -> list[dict[str, Any]]:
-    return []
-
-
-async def _merge(table: Any, key: str, data: pa.Table) -> None:
-    """Insert new keys; replace a matched row only by a newer version of it."""
-    builder = table.merge_insert(key).when_not_matched_insert_all()
-    await builder.when_matched_update_all(where="target.version < source.version").execute(data)
+async def _insert_new(table: Any, key: str, data: pa.Table) -> None:
+    """Insert the rows whose key is not there yet; rows are immutable, a match changes nothing."""
+    await table.merge_insert(key).when_not_matched_insert_all().execute(data)
 
 
 async def _open_table(db: Any, name: str, schema: pa.Schema) -> Any:
@@ -438,7 +350,7 @@ async def _retry(op: Callable[[], Awaitable[T]], *, any_error: bool = False) -> 
         try:
             return await op()
         except Exception as exc:
-            if not (any_error or _is_conflict(exc)):
+            if isinstance(exc, IndexFormatError) or not (any_error or _is_conflict(exc)):
                 raise
             if attempt == _RETRIES - 1:
                 raise TransientError(f"LanceDB write failed after {_RETRIES} attempts") from exc

@@ -25,6 +25,13 @@ class ChunkRecord:
     char_start: int
     char_end: int
     source: str = ""
+    tags: tuple[str, ...] = ()
+    """The doc's scalar metadata as ``key=value`` strings, for `metadata.<key>` filters."""
+
+    @property
+    def row_id(self) -> str:
+        """The row's key in the index: rows of different versions never overwrite each other."""
+        return f"{self.chunk_id}@{self.version}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +85,7 @@ class SearchRequest:
     candidates: int = 100
     """How deep each list (dense, BM25) is read before fusion."""
     filters: Mapping[str, str] = field(default_factory=dict)
-    """Exact-match filters on `doc_id` or `source`."""
+    """Exact-match filters, all of which must hold: `doc_id`, `source` or `metadata.<key>`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +94,45 @@ class Hit:
     score: float
     dense_score: float | None = None
     bm25_score: float | None = None
+
+
+FILTER_FIELDS = frozenset({"doc_id", "source"})
+METADATA_PREFIX = "metadata."
+
+
+def check_filters(filters: Mapping[str, str]) -> None:
+    """Refuse a filter on anything but `doc_id`, `source` or `metadata.<key>`."""
+    unknown = sorted(
+        key for key in filters
+        if key not in FILTER_FIELDS
+        and not (key.startswith(METADATA_PREFIX) and len(key) > len(METADATA_PREFIX))
+    )  # fmt: skip
+    if unknown:
+        raise ValueError(f"cannot filter on {unknown}; only on doc_id, source or metadata.<key>")
+
+
+def tag(key: str, value: str) -> str:
+    """The tag a metadata filter matches: `metadata.lang = en` matches the tag `lang=en`."""
+    return f"{key}={value}"
+
+
+def metadata_tags(metadata: Mapping[str, object]) -> tuple[str, ...]:
+    """Tags of a doc's scalar metadata values (strings, numbers, booleans as JSON spells them)."""
+    tags = []
+    for key, value in sorted(metadata.items()):
+        if isinstance(value, bool):
+            tags.append(tag(key, "true" if value else "false"))
+        elif isinstance(value, str | int | float):
+            tags.append(tag(key, str(value)))
+    return tuple(tags)
+
+
+def split_filters(filters: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Field filters (`doc_id`, `source`) and the tags the metadata filters require."""
+    fields = {k: v for k, v in filters.items() if k in FILTER_FIELDS}
+    tags = [
+        tag(k.removeprefix(METADATA_PREFIX), v)
+        for k, v in sorted(filters.items())
+        if k.startswith(METADATA_PREFIX)
+    ]
+    return fields, tags

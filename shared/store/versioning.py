@@ -1,0 +1,274 @@
+"""The one commit protocol of every index: immutable versioned rows, grow-only fences, prune last.
+
+Both adapters (LanceDB, Weaviate) implement the small `VersionedIndex` port below; the `Store`
+contract (`VersionedStore`) is built on it once, so the two backends cannot drift apart.
+
+**Rows never overwrite each other.** A chunk row is keyed by ``(chunk_id, version)``: a chunk that
+is unchanged between v1 and v2 has the same ``chunk_id`` but gets a second row for v2, and the v1
+row stays until v1 is pruned. (Keying rows on ``chunk_id`` alone let the v2 write overwrite the
+v1 row while v1 was still the served version, so the doc was served without its unchanged
+chunks until the fence advanced, and for good if the writer died in between.)
+
+**The fence is a grow-only set of markers.** A doc's served version is the greatest of its
+markers ``(doc_id, version, deleted)``, ordered by ``(version, deleted)`` so that a delete beats
+an upsert of the same version. Writers only *insert* markers (idempotently, under a deterministic
+key) and only ever delete markers strictly below the greatest one, so the maximum only moves
+forward whatever order concurrent writers on different replicas commit in. This is why the
+fence lives in the index and not in Redis: it needs no conditional update (which Weaviate does
+not have) and no second system in the read path, and it commits in the same store as the rows
+it fences. With replicated Weaviate, markers are written and read at consistency QUORUM.
+
+**A reader sees all of one version, never a mix or a subset.** A row is served only if its
+version equals its doc's fence and the fence is not a tombstone. `apply` commits in this order:
+
+1. read the fences of the batch's docs; plan (drop writes older than them as STALE);
+2. insert every row of the new versions (all of them must succeed before step 3);
+3. insert the new markers — the commit point: the doc switches to its new version at once;
+4. re-read the fences; delete the rows below each fence (at or below a tombstone) and the
+   markers below it.
+
+A crash between any two steps leaves the old version whole and served (step 2's rows are
+invisible without their marker; step 3's leftovers are invisible below the new fence); the
+redelivered event replays every step and heals it. No orphan survives convergence: a row ``r``
+of an older version is committed before its writer ``W`` prunes; if ``W``'s fence read already
+sees the final fence ``F``, ``W`` deletes ``r``; if not, ``F``'s marker was inserted after that
+read, hence after ``r``, and the writer of ``F`` prunes after its marker and deletes ``r``.
+
+A search reads its candidate lists first and the fences of the docs in them after. If a doc's
+new marker lands between the two reads and its new rows were not yet in the lists, that doc is
+missing from that one answer — never shown half-updated.
+"""
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from shared.errors import PermanentError
+from shared.store.fusion import fuse
+from shared.store.records import (
+    ChunkRecord,
+    DeleteDoc,
+    DocState,
+    DocWrite,
+    Hit,
+    SearchRequest,
+    UpsertDoc,
+    WriteOutcome,
+    check_filters,
+)
+
+Scored = list[tuple[ChunkRecord, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """What one search reads from an index, before fences are applied."""
+
+    dense: Scored
+    """(row, cosine similarity), best first; empty unless the mode reads dense."""
+    bm25: Scored
+    """(row, BM25 score), best first; empty unless the mode reads BM25."""
+    fused: Scored | None = None
+    """(row, fused score) when the index fused the lists itself (Weaviate's native hybrid)."""
+
+
+class VersionedIndex(Protocol):
+    """What a backend provides. Every write is idempotent; none is conditional."""
+
+    dim: int
+
+    async def open(self) -> None:
+        """Create or open the collections (idempotent, safe across processes)."""
+        ...
+
+    async def read_fences(self, doc_ids: Collection[str]) -> list[DocState]:
+        """Every fence marker of these docs (the greatest per doc is its fence)."""
+        ...
+
+    async def insert_rows(self, docs: Sequence[UpsertDoc]) -> None:
+        """Insert the docs' rows under ``(chunk_id, version)``; raise unless all are stored."""
+        ...
+
+    async def insert_fences(self, fences: Sequence[DocState]) -> None:
+        """Insert markers under ``(doc_id, version, deleted)``; raise unless all are stored."""
+        ...
+
+    async def prune(self, fences: Sequence[DocState]) -> None:
+        """For each fence: delete its doc's rows below it (at or below, for a tombstone) and
+        its doc's markers below it. Never touches anything newer."""
+        ...
+
+    async def candidates(self, request: SearchRequest) -> Candidates:
+        """Read the request's lists (``request.candidates`` deep), with its filters applied."""
+        ...
+
+    async def count_rows(self, doc_id: str | None = None) -> int: ...
+
+    async def optimize(self, *, min_new_versions: int = 0) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def fence_of(markers: Iterable[DocState]) -> dict[str, DocState]:
+    """The greatest marker of each doc, by ``(version, deleted)``."""
+    fences: dict[str, DocState] = {}
+    for marker in markers:
+        current = fences.get(marker.doc_id)
+        if current is None or (marker.version, marker.deleted) > (
+            current.version,
+            current.deleted,
+        ):
+            fences[marker.doc_id] = marker
+    return fences
+
+
+def plan(
+    writes: Sequence[DocWrite], fences: Mapping[str, DocState]
+) -> tuple[list[WriteOutcome], dict[str, DocWrite]]:
+    """Outcome of each write, in order, and the last applied write of each doc (its winner).
+
+    An upsert is stale below the fence or at/below a tombstone; a delete at/below the fence.
+    An equal-version upsert replay is APPLIED (and changes nothing).
+    """
+    current = dict(fences)
+    outcomes: list[WriteOutcome] = []
+    winners: dict[str, DocWrite] = {}
+    for write in writes:
+        fence = current.get(write.doc_id)
+        deleting = isinstance(write, DeleteDoc)
+        stale = fence is not None and (
+            write.version < fence.version
+            or (write.version == fence.version and (deleting or fence.deleted))
+        )
+        outcomes.append(WriteOutcome.STALE if stale else WriteOutcome.APPLIED)
+        if not stale:
+            current[write.doc_id] = DocState(write.doc_id, write.version, deleting)
+            winners[write.doc_id] = write
+    return outcomes, winners
+
+
+def check_writes(writes: Sequence[DocWrite], dim: int) -> None:
+    """Refuse a batch with a malformed upsert before anything is written."""
+    seen: set[tuple[str, int]] = set()
+    for doc in writes:
+        if not isinstance(doc, UpsertDoc) or not doc.chunks:
+            continue
+        matrix = np.asarray(doc.vectors, dtype=np.float32)
+        if matrix.shape != (len(doc.chunks), dim) or not np.isfinite(matrix).all():
+            raise PermanentError(
+                f"{doc.doc_id}@{doc.version}: vectors of shape {matrix.shape} for "
+                f"{len(doc.chunks)} chunks of dim {dim}, or not finite"
+            )
+        for chunk in doc.chunks:
+            if (chunk.doc_id, chunk.version) != (doc.doc_id, doc.version):
+                raise PermanentError(
+                    f"{chunk.chunk_id} is not a chunk of {doc.doc_id}@{doc.version}"
+                )
+            key = (chunk.chunk_id, chunk.version)
+            if key in seen:
+                raise PermanentError(f"chunk id {chunk.chunk_id} repeated in one batch")
+            seen.add(key)
+
+
+class VersionedStore:
+    """The `Store` port on any `VersionedIndex`: the commit protocol and fenced reads."""
+
+    def __init__(self, index: VersionedIndex) -> None:
+        self.index = index
+
+    @property
+    def dim(self) -> int:
+        return self.index.dim
+
+    async def open(self) -> None:
+        await self.index.open()
+
+    async def fences(self, doc_ids: Collection[str]) -> dict[str, DocState]:
+        if not doc_ids:
+            return {}
+        return fence_of(await self.index.read_fences(doc_ids))
+
+    async def apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
+        """Apply a batch in three index writes at most (rows, markers, prune)."""
+        if not writes:
+            return []
+        check_writes(writes, self.dim)
+        doc_ids = list(dict.fromkeys(w.doc_id for w in writes))
+        before = await self.fences(doc_ids)
+        outcomes, winners = plan(writes, before)
+        new = [w for w in winners.values() if _newer(w.version, before.get(w.doc_id))]
+        rows = [w for w in new if isinstance(w, UpsertDoc) and w.chunks]
+        if rows:
+            await self.index.insert_rows(rows)
+        if new:
+            await self.index.insert_fences(
+                [DocState(w.doc_id, w.version, isinstance(w, DeleteDoc)) for w in new]
+            )
+        after = await self.fences(doc_ids)
+        if after:
+            await self.index.prune(list(after.values()))
+        return outcomes
+
+    async def hybrid_search(self, request: SearchRequest) -> list[Hit]:
+        """Read the lists, keep the rows of each doc's fenced version, fuse (unless the index
+        fused them). ``Hit.score`` is the fused score in hybrid mode, the cosine similarity in
+        dense mode and the BM25 score in bm25 mode."""
+        check_filters(request.filters)
+        wants_dense = request.mode in ("dense", "hybrid")
+        if wants_dense and (request.vector is None or request.vector.shape != (self.dim,)):
+            raise ValueError(f"mode {request.mode!r} needs a query vector of dim {self.dim}")
+        found = await self.index.candidates(request)
+        every = (*found.dense, *found.bm25, *(found.fused or ()))
+        fences = await self.fences({row.doc_id for row, _ in every})
+
+        def served(rows: Scored) -> Scored:
+            return [
+                (row, score) for row, score in rows
+                if (f := fences.get(row.doc_id)) is not None
+                and not f.deleted and f.version == row.version
+            ]  # fmt: skip
+
+        if found.fused is not None:
+            dense = {r.chunk_id: s for r, s in found.dense}
+            bm25 = {r.chunk_id: s for r, s in found.bm25}
+            return [
+                Hit(row, score, dense.get(row.chunk_id), bm25.get(row.chunk_id))
+                for row, score in served(found.fused)[: request.k]
+            ]
+        dense_rows, bm25_rows = served(found.dense), served(found.bm25)
+        by_id = {row.chunk_id: row for row, _ in (*dense_rows, *bm25_rows)}
+        alpha = {"dense": 1.0, "bm25": 0.0}.get(request.mode, request.alpha)
+        fused = fuse(
+            [(r.chunk_id, s) for r, s in dense_rows],
+            [(r.chunk_id, s) for r, s in bm25_rows],
+            method=request.fusion,
+            alpha=alpha,
+        )[: request.k]
+        raw = {"dense": "dense", "bm25": "bm25"}.get(request.mode)
+        return [
+            Hit(
+                chunk=by_id[f.id],
+                score=f.score if raw is None else float(getattr(f, raw)),
+                dense_score=f.dense,
+                bm25_score=f.bm25,
+            )
+            for f in fused
+        ]
+
+    async def current_version(self, doc_id: str) -> DocState | None:
+        return (await self.fences([doc_id])).get(doc_id)
+
+    async def count_chunks(self, doc_id: str | None = None) -> int:
+        return await self.index.count_rows(doc_id)
+
+    async def optimize(self, *, min_new_versions: int = 0) -> None:
+        await self.index.optimize(min_new_versions=min_new_versions)
+
+    async def close(self) -> None:
+        await self.index.close()
+
+
+def _newer(version: int, fence: DocState | None) -> bool:
+    return fence is None or version > fence.version

@@ -1,0 +1,391 @@
+"""The `Store` contract, with the same assertions on both backends against real servers:
+LanceDB in a temp dir, Weaviate built from its Go module and run on free ports."""
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.embedding import SentenceTransformerEmbedder
+from shared.errors import PermanentError
+from shared.settings import EmbeddingSettings, StoreSettings
+from shared.store.base import Store
+from shared.store.factory import open_store
+from shared.store.records import (
+    DeleteDoc,
+    DocState,
+    DocWrite,
+    SearchRequest,
+    UpsertDoc,
+    WriteOutcome,
+)
+from shared.store.versioning import VersionedStore
+from tests.conftest import store_env
+from tests.store.builders import DIM, bm25, dense, upsert, vec
+
+REPO = Path(__file__).resolve().parents[2]
+APPLIED, STALE = WriteOutcome.APPLIED, WriteOutcome.STALE
+
+
+@pytest.fixture
+async def store(store_settings: StoreSettings) -> AsyncIterator[VersionedStore]:
+    s = open_store(store_settings, DIM)
+    assert isinstance(s, VersionedStore)
+    yield s
+    await s.close()
+
+
+async def texts_of(store: Store, doc_id: str, word: str = "") -> list[tuple[str, int]]:
+    """What a reader is served of one doc: (text, version) of every chunk a search finds."""
+    only = {"doc_id": doc_id}
+    request = bm25(word, k=100, filters=only) if word else dense(vec(0), k=100, filters=only)
+    return sorted((h.chunk.text, h.chunk.version) for h in await store.hybrid_search(request))
+
+
+async def test_upsert_is_searchable_by_bm25_dense_and_hybrid(store: VersionedStore) -> None:
+    doc = upsert("a", 1, ["Kangaroos hop across Australia", "Glucose feeds neurons", "Zebras"])
+    assert await store.apply([doc, upsert("b", 1, ["Insulin lowers blood glucose"])]) == [
+        APPLIED,
+        APPLIED,
+    ]
+    assert await store.count_chunks() == 4
+    assert await store.count_chunks("a") == 3
+    assert await store.current_version("a") == DocState("a", 1, False)
+    assert await store.current_version("nope") is None
+
+    hits = await store.hybrid_search(bm25("kangaroos"))
+    assert [h.chunk.text for h in hits] == ["Kangaroos hop across Australia"]
+    assert hits[0].chunk == doc.chunks[0] and hits[0].bm25_score == hits[0].score > 0
+    assert {h.chunk.doc_id for h in await store.hybrid_search(bm25("glucose"))} == {"a", "b"}
+    assert await store.hybrid_search(bm25("the of and")) == []  # stop words only
+
+    hits = await store.hybrid_search(dense(doc.vectors[1], k=2))
+    assert hits[0].chunk.chunk_id == doc.chunks[1].chunk_id
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5) and len(hits) == 2
+
+    hits = await store.hybrid_search(SearchRequest(text="zebras", vector=doc.vectors[1], k=10))
+    by_text = {h.chunk.text: h for h in hits}
+    assert by_text["Zebras"].bm25_score is not None
+    assert by_text["Glucose feeds neurons"].dense_score == pytest.approx(1.0, abs=1e-5)
+    assert hits == sorted(hits, key=lambda h: -h.score)
+
+
+async def test_filters_and_bad_requests(store: VersionedStore) -> None:
+    await store.apply(
+        [
+            upsert("a", 1, ["shared words here"], source="wiki", tags=("lang=en", "tier=1")),
+            upsert("b", 1, ["shared words"], tags=("lang=de",)),
+        ]
+    )
+    assert {h.chunk.doc_id for h in await store.hybrid_search(bm25("shared"))} == {"a", "b"}
+    hits = await store.hybrid_search(bm25("shared", filters={"source": "wiki"}))
+    assert [h.chunk.doc_id for h in hits] == ["a"]
+    hits = await store.hybrid_search(dense(vec(0), filters={"doc_id": "b"}))
+    assert [h.chunk.doc_id for h in hits] == ["b"]
+    hits = await store.hybrid_search(bm25("shared", filters={"metadata.lang": "de"}))
+    assert [h.chunk.doc_id for h in hits] == ["b"]
+    hits = await store.hybrid_search(
+        bm25("shared", filters={"metadata.lang": "en", "metadata.tier": "1", "source": "wiki"})
+    )
+    assert [h.chunk.doc_id for h in hits] == ["a"] and hits[0].chunk.tags == ("lang=en", "tier=1")
+    assert await store.hybrid_search(bm25("shared", filters={"metadata.tier": "2"})) == []
+    assert await store.hybrid_search(bm25("shared", filters={"doc_id": "it's"})) == []  # quoting
+    with pytest.raises(ValueError, match="filter"):
+        await store.hybrid_search(bm25("shared", filters={"title": "x"}))
+    with pytest.raises(ValueError, match="vector"):
+        await store.hybrid_search(SearchRequest(text="shared", vector=None))
+
+
+async def test_update_replaces_old_chunks(store: VersionedStore) -> None:
+    await store.apply([upsert("a", 1, ["apple pie", "banana bread", "cherry tart"])])
+    v2 = upsert("a", 2, ["apple pie", "durian soup"])  # first chunk id is shared with v1
+    assert await store.apply([v2]) == [APPLIED]
+    assert await store.count_chunks("a") == 2
+    assert await texts_of(store, "a") == [("apple pie", 2), ("durian soup", 2)]
+    assert await store.hybrid_search(bm25("banana")) == []
+    hits = await store.hybrid_search(bm25("apple durian"))
+    assert {h.chunk.version for h in hits} == {2} and len(hits) == 2
+
+
+async def test_delete_keeps_a_tombstone(store: VersionedStore) -> None:
+    await store.apply([upsert("a", 2, ["apple pie", "banana bread"])])
+    assert await store.apply([DeleteDoc("a", 3)]) == [APPLIED]
+    assert await store.count_chunks("a") == 0
+    assert await store.current_version("a") == DocState("a", 3, True)
+    assert await store.hybrid_search(bm25("apple")) == []
+    # Late or replayed writes at or below the tombstone change nothing.
+    assert await store.apply([upsert("a", 2, ["apple pie"])]) == [STALE]
+    assert await store.apply([upsert("a", 3, ["apple pie"])]) == [STALE]
+    assert await store.apply([DeleteDoc("a", 3), DeleteDoc("a", 1)]) == [STALE, STALE]
+    assert await store.count_chunks("a") == 0
+    # A newer version brings the doc back.
+    assert await store.apply([upsert("a", 4, ["apple crumble"])]) == [APPLIED]
+    assert [h.chunk.version for h in await store.hybrid_search(bm25("apple"))] == [4]
+    # Deleting a doc never seen still leaves a tombstone.
+    assert await store.apply([DeleteDoc("z", 5), upsert("z", 4, ["late"])]) == [APPLIED, STALE]
+    assert await store.current_version("z") == DocState("z", 5, True)
+
+
+async def test_replay_changes_nothing(store: VersionedStore) -> None:
+    doc = upsert("a", 1, ["apple pie", "banana bread", "cherry tart"])
+    await store.apply([doc])
+    served = await texts_of(store, "a")
+    for _ in range(2):
+        assert await store.apply([doc]) == [APPLIED]
+    assert await texts_of(store, "a") == served
+    assert await store.count_chunks() == 3
+
+
+async def test_older_version_is_stale(store: VersionedStore) -> None:
+    await store.apply([upsert("a", 5, ["fifth edition"])])
+    assert await store.apply([upsert("a", 4, ["fourth edition"])]) == [STALE]
+    assert await store.current_version("a") == DocState("a", 5, False)
+    assert [h.chunk.text for h in await store.hybrid_search(bm25("edition"))] == ["fifth edition"]
+    assert await store.count_chunks() == 1
+
+
+async def test_batch_of_several_docs(store: VersionedStore) -> None:
+    await store.apply([upsert("b", 1, ["bravo one"]), upsert("c", 1, ["charlie one"])])
+    batch: list[DocWrite] = [
+        upsert("a", 1, ["alpha one", "alpha two"]),
+        upsert("b", 2, ["bravo two", "bravo three"]),
+        DeleteDoc("c", 2),
+        upsert("a", 2, ["alpha again"]),  # supersedes a@1 within the batch
+        upsert("b", 1, ["bravo one"]),  # older than b@2 in the same batch
+        upsert("d", 1, []),  # an empty doc is a valid version
+        UpsertDoc("e", 1, [], np.empty(0, np.float32)),  # whatever the shape of no vectors
+    ]
+    assert await store.apply(batch) == [APPLIED] * 4 + [STALE, APPLIED, APPLIED]
+    assert {d: await store.count_chunks(d) for d in "abcd"} == {"a": 1, "b": 2, "c": 0, "d": 0}
+    assert await store.current_version("c") == DocState("c", 2, True)
+    assert await store.current_version("d") == DocState("d", 1, False)
+    assert await store.current_version("e") == DocState("e", 1, False)
+
+
+async def test_invalid_writes_are_rejected_before_anything_is_written(
+    store: VersionedStore,
+) -> None:
+    good = upsert("a", 1, ["fine"])
+    bad = UpsertDoc("b", 1, upsert("b", 1, ["x", "y"]).chunks, np.zeros((1, DIM), np.float32))
+    with pytest.raises(PermanentError, match="shape"):
+        await store.apply([good, bad])
+    wrong_doc = UpsertDoc("c", 1, good.chunks, good.vectors)
+    with pytest.raises(PermanentError, match="not a chunk of"):
+        await store.apply([wrong_doc])
+    assert await store.count_chunks() == 0
+    assert await store.current_version("a") is None
+
+
+async def test_crash_between_commits_never_shows_a_subset(store: VersionedStore) -> None:
+    """v1 and v2 share a chunk (same chunk_id). A writer that dies after writing v2's rows, or
+    after v2's fence, leaves a whole version served; the redelivered write heals the index."""
+    v1 = upsert("a", 1, ["shared apple", "old banana"])
+    v2 = upsert("a", 2, ["shared apple", "new cherry"])
+    assert v1.chunks[0].chunk_id == v2.chunks[0].chunk_id
+    await store.apply([v1])
+    whole_v1 = [("old banana", 1), ("shared apple", 1)]
+    whole_v2 = [("new cherry", 2), ("shared apple", 2)]
+
+    await store.index.insert_rows([v2])  # crash after step 2: rows in, no fence
+    assert await store.count_chunks("a") == 4
+    assert await texts_of(store, "a") == whole_v1
+    assert await texts_of(store, "a", "apple") == [("shared apple", 1)]
+
+    await store.index.insert_fences([DocState("a", 2, False)])  # crash after step 3: no prune
+    assert await store.current_version("a") == DocState("a", 2, False)
+    assert await texts_of(store, "a") == whole_v2
+    assert await texts_of(store, "a", "banana") == []
+
+    assert await store.apply([v2]) == [APPLIED]  # the redelivery
+    assert await store.count_chunks("a") == 2
+    assert await texts_of(store, "a") == whole_v2
+
+
+async def test_readers_never_see_a_subset_under_concurrent_updates(
+    store_settings: StoreSettings, store: VersionedStore
+) -> None:
+    """A writer moves one doc through 20 versions that share chunks; readers in another store
+    instance see, each time, all chunks of exactly one version (or, in the one-read window the
+    versioning module describes, none)."""
+    versions = {
+        v: upsert("x", v, ["stable lead", f"rotating part {v % 3}", "stable tail"][: 2 + v % 2])
+        for v in range(1, 21)
+    }
+    await store.apply([versions[1]])
+    reader = open_store(store_settings, DIM)
+    seen: list[list[tuple[str, int]]] = []
+    done = asyncio.Event()
+
+    async def read() -> None:
+        while not done.is_set():
+            seen.append(await texts_of(reader, "x"))
+
+    try:
+        task = asyncio.create_task(read())
+        for v in range(2, 21):
+            await store.apply([versions[v]])
+        done.set()
+        await task
+    finally:
+        await reader.close()
+    whole = {tuple(sorted((c.text, v) for c in d.chunks)) for v, d in versions.items()}
+    assert len(seen) > 5
+    partial = [s for s in seen if s and tuple(s) not in whole]
+    assert partial == []
+    assert sum(1 for s in seen if s) >= len(seen) // 2
+
+
+async def test_concurrent_appliers_converge_on_the_newest(store_settings: StoreSettings) -> None:
+    rng = random.Random(7)
+    vocab = ["alpha", "beta", "gamma", "delta", "omega"]
+    versions = {
+        v: upsert("x", v, [f"{rng.choice(vocab)} text" for _ in range(rng.randint(1, 4))])
+        for v in range(1, 13)
+    }
+    writes: list[DocWrite] = [*versions.values(), DeleteDoc("x", 6)]
+    writes += writes[:4]  # and some redeliveries
+    rng.shuffle(writes)
+    stores = [open_store(store_settings, DIM) for _ in range(3)]
+    try:
+        await asyncio.gather(*(stores[i % 3].apply([w]) for i, w in enumerate(writes)))
+        newest = versions[12]
+        assert await stores[0].current_version("x") == DocState("x", 12, False)
+        assert await stores[0].count_chunks() == len(newest.chunks)
+        assert await texts_of(stores[1], "x") == sorted((c.text, 12) for c in newest.chunks)
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_concurrent_redeliveries_insert_each_row_once(store_settings: StoreSettings) -> None:
+    doc = upsert("x", 1, ["one", "two", "three"])
+    stores = [open_store(store_settings, DIM) for _ in range(3)]
+    try:
+        outcomes = await asyncio.gather(*(stores[i % 3].apply([doc]) for i in range(9)))
+        assert outcomes == [[APPLIED]] * 9
+        assert await stores[0].count_chunks() == 3
+        fences = await stores[0].index.read_fences(["x"])  # type: ignore[attr-defined]
+        assert fences == [DocState("x", 1, False)]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_write_from_another_process_is_visible_at_once(
+    store_settings: StoreSettings, store: VersionedStore
+) -> None:
+    await store.open()  # opened before the write: must not serve a cached snapshot
+    assert await store.count_chunks() == 0
+    script = textwrap.dedent(
+        f"""
+        import asyncio, numpy as np
+        from shared.settings import StoreSettings
+        from shared.store.factory import open_store
+        from shared.store.records import ChunkRecord, UpsertDoc
+        async def main():
+            store = open_store(StoreSettings(), {DIM})
+            chunk = ChunkRecord("c1", "p", 1, 0, "", "quokka smiles", (), 0, 13)
+            vectors = np.eye(1, {DIM}, dtype=np.float32)
+            await store.apply([UpsertDoc("p", 1, [chunk], vectors)])
+            await store.close()
+        asyncio.run(main())
+        """
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, cwd=REPO, env=_env(store_settings)
+    )
+    assert await proc.wait() == 0
+    assert [h.chunk.chunk_id for h in await store.hybrid_search(bm25("quokka"))] == ["c1"]
+
+
+async def test_two_writer_processes_converge(
+    store_settings: StoreSettings, store: VersionedStore
+) -> None:
+    """Two writer processes, interleaved versions of one doc plus a stale tail."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys, numpy as np
+        from shared.settings import StoreSettings
+        from shared.store.factory import open_store
+        from shared.store.records import ChunkRecord, UpsertDoc
+        def doc(v):
+            n = 1 + v % 3
+            chunks = [ChunkRecord(f"c{{i}}-{{v % 2}}", "x", v, i, "", f"text {{v}}", (), 0, 1)
+                      for i in range(n)]
+            return UpsertDoc("x", v, chunks, np.eye(n, {DIM}, dtype=np.float32))
+        async def main(versions):
+            store = open_store(StoreSettings(), {DIM})
+            for v in versions:
+                await store.apply([doc(v)])
+            await store.close()
+        asyncio.run(main([int(v) for v in sys.argv[1:]]))
+        """
+    )
+    await store.open()  # create the tables once, then race the writers
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            script,
+            *map(str, vs),
+            cwd=REPO,
+            env=_env(store_settings),
+            stderr=subprocess.PIPE,
+        )
+        for vs in ([1, 3, 5, 7, 9, 11, 2], [2, 4, 6, 8, 10, 12, 1])
+    ]
+    for proc in procs:
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()[-2000:]
+    assert await store.current_version("x") == DocState("x", 12, False)
+    assert await texts_of(store, "x") == [("text 12", 12)]  # 12 % 3 + 1 = 1 chunk
+    assert await store.count_chunks() == 1
+
+
+@pytest.fixture(scope="module")
+def minilm() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(EmbeddingSettings())
+
+
+async def test_hybrid_ranks_exact_keyword_and_paraphrase(
+    store_settings: StoreSettings, minilm: SentenceTransformerEmbedder
+) -> None:
+    """With the real model: an exact identifier is found by its keyword, a paraphrase by its
+    meaning, and hybrid gets both right."""
+    docs = {
+        "keyword": "Error code QX-7734 means the flux capacitor tripped its breaker.",
+        "paraphrase": "Felines spend most of the day asleep, often sixteen hours or more.",
+        "other1": "The stock market closed higher on Tuesday after strong earnings.",
+        "other2": "Photosynthesis turns light, water and carbon dioxide into sugar.",
+        "other3": "A flux of tourists arrives in the capital every summer.",
+    }
+    vectors = minilm.encode(list(docs.values()))
+    writes: list[DocWrite] = []
+    for (doc_id, text), vector in zip(docs.items(), vectors, strict=True):
+        base = upsert(doc_id, 1, [text])
+        writes.append(UpsertDoc(doc_id, 1, base.chunks, vector[None, :]))
+    store = open_store(store_settings, minilm.dim)
+    try:
+        await store.apply(writes)
+        for query, expected in (
+            ("what does QX-7734 mean", "keyword"),
+            ("how long do cats sleep", "paraphrase"),
+        ):
+            vector = minilm.encode([query])[0]
+            hits = await store.hybrid_search(SearchRequest(text=query, vector=vector, k=3))
+            assert hits[0].chunk.doc_id == expected, (query, [h.chunk.doc_id for h in hits])
+        cats = await store.hybrid_search(bm25("how long do cats sleep"))
+        assert "paraphrase" not in {h.chunk.doc_id for h in cats}  # no shared word: BM25 misses
+    finally:
+        await store.close()
+
+
+def _env(settings: StoreSettings) -> dict[str, str]:
+    return {**os.environ, **store_env(settings)}
