@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint weaviate bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ lint: install
 	$(PY) -m ruff check shared services ragstream bench tests
 	$(PY) -m mypy
 
-test: lint
+# The real Weaviate server the store tests run against, built from its Go module once per pinned
+# tag into ~/.cache/ragstream (minutes the first time, then cached; needs Go).
+weaviate: install
+	$(VENV)/bin/ragstream weaviate build
+
+test: lint weaviate
 	HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
 
 clean:

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -33,17 +34,38 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    llm = None
-    if args.llm == "local":
-        from ragstream.local_llm import start_local_llm
+    env: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        if args.llm == "local":
+            from ragstream.local_llm import start_local_llm
 
-        llm = start_local_llm()
-        err.print(f"local LLM (SmolLM2 on llama.cpp) at {llm.base_url}")
-    try:
-        return _up(llm.env() if llm is not None else {})
-    finally:
-        if llm is not None:
-            llm.stop()
+            llm = start_local_llm()
+            stack.callback(llm.stop)
+            err.print(f"local LLM (SmolLM2 on llama.cpp) at {llm.base_url}")
+            env |= llm.env()
+        from shared.settings import StoreSettings
+
+        if (args.store or StoreSettings().backend) == "weaviate":
+            env |= _weaviate_env(stack)
+        else:
+            env["RAG_STORE_BACKEND"] = "lancedb"
+        return _up(env)
+    raise AssertionError("unreachable")
+
+
+def _weaviate_env(stack: contextlib.ExitStack) -> dict[str, str]:
+    """`WEAVIATE_URL` if set (an existing cluster), else a local server, started here."""
+    from shared.settings import StoreSettings
+
+    if StoreSettings().weaviate_url:
+        return {"RAG_STORE_BACKEND": "weaviate"}
+    from ragstream.weaviate_server import start_weaviate
+
+    with err.status("starting Weaviate (the first run builds it from source: minutes)…"):
+        server = start_weaviate(DATA_DIR / "weaviate")
+    stack.callback(server.stop)
+    err.print(f"Weaviate at {server.url} (data in {DATA_DIR / 'weaviate'})")
+    return server.env()
 
 
 def _up(extra_env: dict[str, str]) -> int:
@@ -62,6 +84,30 @@ def _up(extra_env: dict[str, str]) -> int:
     finally:
         err.print("stopping…")
         pipeline.stop()
+    return 0
+
+
+def cmd_weaviate(args: argparse.Namespace) -> int:
+    """`build`: the pinned server, once, into the cache; `serve`: run it until Ctrl-C."""
+    from ragstream.weaviate_server import WEAVIATE_TAG, server_binary, start_weaviate
+
+    if args.action == "build":
+        with err.status(f"building weaviate-server {WEAVIATE_TAG} (minutes the first time)…"):
+            binary = server_binary()
+        err.print(f"weaviate-server {WEAVIATE_TAG}: {binary}")
+        return 0
+    server = start_weaviate(DATA_DIR / "weaviate")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(f"Weaviate {WEAVIATE_TAG} at {server.url}, gRPC port {server.ports.grpc} (Ctrl-C)")
+    for name, value in server.env().items():
+        out.print(f"export {name}={value}", highlight=False)
+    try:
+        while not stop.wait(1.0) and server.process.poll() is None:
+            pass
+    finally:
+        server.stop()
     return 0
 
 
@@ -176,7 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--llm", choices=("none", "local"), default="none",
         help="local: serve SmolLM2 with llama.cpp (the `llm` extra) and generate with it",
     )  # fmt: skip
+    up.add_argument(
+        "--store", choices=("lancedb", "weaviate"),
+        help="the index (default: RAG_STORE_BACKEND, else lancedb); weaviate: WEAVIATE_URL, "
+        "else a local server built from source",
+    )  # fmt: skip
     up.set_defaults(func=cmd_up)
+
+    weaviate = sub.add_parser("weaviate", help="build or run a local Weaviate server")
+    weaviate.add_argument("action", choices=("build", "serve"))
+    weaviate.set_defaults(func=cmd_weaviate)
 
     ingest = sub.add_parser("ingest", help="publish a folder of .md/.txt or a JSONL and wait")
     ingest.add_argument("path")

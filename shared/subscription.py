@@ -1,8 +1,10 @@
 """One input stream of a stage: decode its entries, handle them, commit the outcomes.
 
-An unexpected exception fails the batch; it is then handled entry by entry so that one poison
-entry cannot hold back the others — entries whose handling raised are left pending, to be
-redelivered by the reclaim loop until `max_deliveries` dead-letters them. Transient errors are
+An exception fails the batch; it is then handled entry by entry so that one poison entry cannot
+hold back the others. An entry whose handling alone raises a `PermanentError` (a store that
+refuses what it holds, say) is dead-lettered at once with that reason; one whose handling raised
+anything else is left pending, to be redelivered by the reclaim loop until `max_deliveries`
+dead-letters it. Transient errors are
 retried in-process with backoff for `transient_retry_s`, which counts no delivery.
 """
 
@@ -72,6 +74,8 @@ class Subscription(Generic[T]):
         try:
             handled = await self._handle_with_retries([event for _, event in good])
         except Exception as exc:
+            if len(good) == 1 and isinstance(exc, PermanentError):
+                return {good[0][0].id: exc}  # raised for this entry alone: dead-letter it now
             if len(good) == 1:
                 log.error(
                     "handling failed, entry left pending for redelivery",

@@ -125,6 +125,31 @@ async def test_permanent_error_dead_letters_without_retry(
     assert (await redis.xpending(streams.docs, stage.group))["pending"] == 0
 
 
+async def test_permanent_error_raised_for_a_batch_dead_letters_only_its_entry(
+    stage: Stage, redis: Redis, streams: StreamSettings
+) -> None:
+    """A store that refuses one doc of a batch raises for the whole batch: the runtime retries
+    entry by entry and dead-letters the refused one at once, with the store's reason."""
+    calls: list[list[str]] = []
+
+    async def store_like(items: Sequence[Item]) -> list[Outcome]:
+        calls.append([i.name for i in items])
+        if any(i.name == "refused" for i in items):
+            raise PermanentError("Weaviate refused 1 of 1 chunk rows: vector lengths don't match")
+        return [[Publication(streams.chunks, i)] for i in items]
+
+    stage.subscribe(streams.docs, ITEM, store_like)
+    await stage.start()
+    await add(redis, streams.docs, "a", "refused", "b")
+    await stage.subscriptions[0].process(await read(redis, streams.docs, stage.group))
+    assert calls == [["a", "refused", "b"], ["a"], ["refused"], ["b"]]
+    assert await outputs(redis, streams.chunks) == ["a", "b"]
+    [(_, fields)] = await redis.xrange(streams.dlq)
+    letter = DeadLetter.model_validate_json(fields[b"event"])
+    assert letter.reason.startswith("Weaviate refused") and letter.deliveries == 1
+    assert (await redis.xpending(streams.docs, stage.group))["pending"] == 0
+
+
 async def test_heartbeat_keeps_in_flight_entries_from_being_reclaimed(
     stage: Stage, redis: Redis, streams: StreamSettings
 ) -> None:

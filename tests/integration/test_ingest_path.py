@@ -1,9 +1,9 @@
 """The ingest path end to end: real chunker and embedder processes, a real Redis, a real index."""
 
 import asyncio
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -11,13 +11,14 @@ from redis.asyncio import Redis
 from ragstream.allinone import Pipeline, running
 from ragstream.ingest import publish_and_wait
 from ragstream.redis_server import RedisServer
+from ragstream.weaviate_server import WeaviateServer
 from shared import wire
 from shared.contracts import DeadLetter, DocDelete, DocUpsert
 from shared.settings import StoreSettings, StreamSettings
 from shared.store.base import Store
 from shared.store.factory import open_store
 from shared.store.records import SearchRequest
-from tests.conftest import stream_env, unique_streams
+from tests.conftest import BACKENDS, store_env, stream_env, unique_streams
 
 pytestmark = pytest.mark.integration
 STAGES = ("chunker", "embedder")
@@ -28,27 +29,42 @@ PAYLOAD_LIMIT = 200_000
 class IngestPath:
     pipeline: Pipeline
     streams: StreamSettings
-    index_dir: Path
+    store_settings: StoreSettings
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=BACKENDS)
 def ingest_path(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[IngestPath]:
+    """Chunker and embedder processes writing to LanceDB, then to a real Weaviate."""
     streams = unique_streams()
     data_dir = tmp_path_factory.mktemp("ingest")
+    if request.param == "weaviate":
+        server: WeaviateServer = request.getfixturevalue("weaviate_server")
+        settings = StoreSettings(
+            backend="weaviate",
+            weaviate_url=server.url,
+            weaviate_grpc_port=server.ports.grpc,
+            table=f"Ingest{uuid.uuid4().hex[:8]}",
+        )
+    else:
+        settings = StoreSettings(backend="lancedb", lancedb_path=data_dir / "index")
     env = {
         **stream_env(streams),
-        "RAG_STORE_LANCEDB_PATH": str(data_dir / "index"),
+        **store_env(settings),
         "RAG_CHUNKER_MAX_PAYLOAD_BYTES": str(PAYLOAD_LIMIT),
     }
     with running(data_dir, redis_server.url, STAGES, env, streams) as pipeline:
-        yield IngestPath(pipeline, streams, data_dir / "index")
+        yield IngestPath(pipeline, streams, settings)
 
 
 @pytest.fixture
-async def store(ingest_path: IngestPath) -> Store:
-    return open_store(StoreSettings(lancedb_path=ingest_path.index_dir), dim=384)
+async def store(ingest_path: IngestPath) -> AsyncIterator[Store]:
+    store = open_store(ingest_path.store_settings, dim=384)
+    yield store
+    await store.close()
 
 
 async def apply_events(
