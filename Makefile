@@ -1,6 +1,6 @@
 # Two commands for a newcomer: `make demo` (install, start, ingest the sample corpus, ask) and
 # `make test` (install, lint, type-check, run every test). Nothing needs to be pre-installed
-# but Python 3.11.
+# but Python 3.11 and Go (the store tests run a Weaviate built from its Go module).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	# torch first, pinned: the CPU build (a plain `torch` pulls a multi-GB CUDA build).
+	# torch first, pinned (from PyPI that is the multi-GB CUDA build; it runs on the CPU).
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
 	touch $@

@@ -30,6 +30,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fusion", choices=("zscore", "rrf", "minmax"), help="override")
     parser.add_argument("--alpha", type=float, help="override the dense weight")
     parser.add_argument("--candidates", type=int, help="override the per-list depth")
+    parser.add_argument("--store", choices=("lancedb", "weaviate"), default="lancedb",
+                        help="the index queried; weaviate: WEAVIATE_URL, else a local server, "
+                        "loaded from the cached index")  # fmt: skip
+    parser.add_argument("--weaviate-hybrid", choices=("client", "native"),
+                        help="--store weaviate: override RAG_STORE_WEAVIATE_HYBRID")  # fmt: skip
     parser.add_argument("--rerank-budget-ms", type=float,
                         help="apply this budget (default: none, latency is reported)")  # fmt: skip
 

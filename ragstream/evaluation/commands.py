@@ -11,6 +11,7 @@ from typing import Any, cast
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ragstream.evaluation.arguments import DEFAULT_CACHE
 from ragstream.evaluation.beir import Dataset, Half, load_dataset, select
 from ragstream.evaluation.indexing import IndexInfo, ensure_index
 from ragstream.evaluation.metrics import (
@@ -21,8 +22,9 @@ from ragstream.evaluation.metrics import (
     percentile,
 )
 from ragstream.evaluation.runner import Mode, ModeConfig, QueryRun, mode_config, run_queries
+from ragstream.evaluation.stores import Backend, eval_store
 from shared.embedding import Embedder
-from shared.store.lancedb_store import LanceDBStore
+from shared.settings import HybridMethod, StoreSettings
 
 
 def quiet_logs() -> None:
@@ -84,21 +86,23 @@ def evaluate_mode(
     k: int,
     budget_ms: float | None,
     err: Console,
+    backend: Backend = "lancedb",
+    cache_dir: Path = DEFAULT_CACHE,
+    hybrid: HybridMethod | None = None,
 ) -> tuple[QueryRun, dict[str, Any]]:
     """Run the queries over the index; the run and its metrics (doc level and chunk level)."""
     depth = 3 * max(k, 100)
 
     async def go() -> QueryRun:
-        store = LanceDBStore(info.path, embedder.dim)
-        try:
+        async with eval_store(
+            backend, info, embedder.dim, cache_dir=cache_dir, hybrid=hybrid
+        ) as store:
             with progress_bar(err) as progress:
                 task = progress.add_task("querying", total=len(dataset.queries))
                 return await run_queries(
                     dict(dataset.queries), store, embedder, config, depth=depth,
                     budget_ms=budget_ms, on_progress=lambda: progress.advance(task),
                 )  # fmt: skip
-        finally:
-            await store.close()
 
     run = asyncio.run(go())
     docs = {q: docs_by_best_chunk(ids) for q, ids in run.chunk_rankings.items()}
@@ -117,11 +121,17 @@ def run_eval(args: argparse.Namespace, out: Console, err: Console) -> int:
     embedder = load_embedder()
     info = build_index(args, dataset, embedder, err)
     run, metrics = evaluate_mode(
-        dataset, info, embedder, config, k=args.k, budget_ms=args.rerank_budget_ms, err=err
-    )
+        dataset, info, embedder, config, k=args.k, budget_ms=args.rerank_budget_ms, err=err,
+        backend=args.store, cache_dir=Path(args.cache_dir), hybrid=args.weaviate_hybrid,
+    )  # fmt: skip
     retriever, reranker = config.retriever, config.reranker
     result: dict[str, Any] = {
         "mode": args.mode,
+        "store": args.store,
+        "weaviate_hybrid": (
+            args.weaviate_hybrid or StoreSettings().weaviate_hybrid
+            if args.store == "weaviate" else None
+        ),
         "dataset": dataset.name,
         "split": args.split,
         "half": args.half,

@@ -259,6 +259,20 @@ class LanceDBIndex:
         rows = await table.query().where(where).select(["doc_id", "version", "deleted"]).to_arrow()
         return [DocState(r["doc_id"], r["version"], r["deleted"]) for r in rows.to_pylist()]
 
+    async def export(self) -> list[UpsertDoc]:
+        """Every doc version the table holds, with its rows' vectors (to copy an index)."""
+        chunks, _ = await self._tables()
+        table = await chunks.query().select([*_CHUNK_COLUMNS, "vector"]).to_arrow()
+        rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for row in table.to_pylist():
+            rows.setdefault((row["doc_id"], row["version"]), []).append(row)
+        docs = []
+        for (doc_id, version), doc_rows in rows.items():
+            doc_rows.sort(key=lambda r: r["ordinal"])
+            vectors = np.asarray([r["vector"] for r in doc_rows], dtype=np.float32)
+            docs.append(UpsertDoc(doc_id, version, [_chunk(r) for r in doc_rows], vectors))
+        return docs
+
     async def count_rows(self, doc_id: str | None = None) -> int:
         chunks, _ = await self._tables()
         where = None if doc_id is None else f"doc_id = {_sql(doc_id)}"

@@ -18,6 +18,7 @@ from ragstream.evaluation.commands import evaluate_mode, load_embedder, run_eval
 from ragstream.evaluation.indexing import IndexInfo, ensure_index
 from ragstream.evaluation.runner import mode_config
 from ragstream.redis_server import RedisServer
+from ragstream.weaviate_server import WeaviateServer
 
 pytestmark = pytest.mark.slow
 NDCG_FLOOR = 0.6
@@ -87,3 +88,25 @@ def test_via_streams_equals_direct(
         (direct_run, direct_metrics), (stream_run, stream_metrics) = runs
         assert stream_run.chunk_rankings == direct_run.chunk_rankings, mode
         assert stream_metrics == direct_metrics, mode
+
+
+@pytest.mark.parametrize("hybrid", ["client", "native"])
+def test_eval_on_weaviate_reaches_the_floor(
+    hybrid: str,
+    scifact_dir: Path,
+    cache_dir: Path,
+    direct_index: IndexInfo,
+    weaviate_server: WeaviateServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cached index loaded into a real Weaviate once, queried both ways."""
+    monkeypatch.setenv("WEAVIATE_URL", weaviate_server.url)
+    monkeypatch.setenv("RAG_STORE_WEAVIATE_GRPC_PORT", str(weaviate_server.ports.grpc))
+    result = eval_json(
+        scifact_dir, cache_dir, "--mode", "hybrid", "--store", "weaviate",
+        "--weaviate-hybrid", hybrid,
+    )  # fmt: skip
+    assert result["store"] == "weaviate" and result["weaviate_hybrid"] == hybrid
+    assert result["chunks"] == direct_index.chunks
+    assert result["ndcg@10"] >= NDCG_FLOOR  # type: ignore[operator]
+    assert result["recall@100"] >= result["recall@10"] >= 0.8  # type: ignore[operator]
