@@ -20,11 +20,14 @@ def main() -> None:
     parser.add_argument("--outage-s", type=float, default=10.0, help="store outage length")
     parser.add_argument("--replicas", type=int, default=2, help="processes per stage")
     parser.add_argument("--only", action="append", default=[], help="run only these scenarios")
+    parser.add_argument("--store", choices=("lancedb", "weaviate"), default="lancedb",
+                        help="the index (weaviate: a local server; store_outage becomes "
+                        "weaviate_restart)")  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None, help="work dir to keep (logs, index)")
     args = parser.parse_args()
     sizes = Sizes(docs=args.docs, burst=args.burst, updates=args.updates, outage_s=args.outage_s)
     with tempfile.TemporaryDirectory(prefix="ragstream-reliability-") as tmp:
-        cluster = Cluster(args.keep or Path(tmp), replicas=args.replicas)
+        cluster = Cluster(args.keep or Path(tmp), replicas=args.replicas, backend=args.store)
         started = time.perf_counter()
         try:
             cluster.start()
@@ -34,6 +37,7 @@ def main() -> None:
     result = {
         "sizes": sizes.__dict__,
         "replicas": args.replicas,
+        "store": args.store,
         "scenarios": scenarios,
         "total_seconds": round(time.perf_counter() - started, 1),
     }

@@ -25,7 +25,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ragstream.redis_server import RedisServer, start_server
-from shared.settings import StreamSettings
+from ragstream.weaviate_server import WeaviateServer, start_weaviate
+from shared.settings import StoreSettings, StreamSettings
 
 STAGES = ("chunker", "embedder")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -91,7 +92,10 @@ class Cluster:
     root: Path
     replicas: int = 2
     extra_env: dict[str, str] = field(default_factory=dict)
+    backend: str = "lancedb"
+    """The index: `lancedb` in `root/index`, or `weaviate` (a local server under `root`)."""
     server: RedisServer | None = None
+    weaviate: WeaviateServer | None = None
     port: int | None = None
     streams: StreamSettings = field(default_factory=lambda: unique_streams("rel"))
     processes: list[StageProcess] = field(default_factory=list)
@@ -100,6 +104,27 @@ class Cluster:
     @property
     def index_dir(self) -> Path:
         return self.root / "index"
+
+    @property
+    def store(self) -> StoreSettings:
+        """The index every stage writes to."""
+        if self.backend == "lancedb":
+            return StoreSettings(backend="lancedb", lancedb_path=self.index_dir)
+        assert self.weaviate is not None
+        return StoreSettings(
+            backend="weaviate",
+            weaviate_url=self.weaviate.url,
+            weaviate_grpc_port=self.weaviate.ports.grpc,
+            table="Reliability",
+        )
+
+    def start_weaviate(self) -> None:
+        ports = self.weaviate.ports if self.weaviate is not None else None
+        self.weaviate = start_weaviate(self.root / "weaviate", ports)
+
+    def kill_weaviate(self) -> None:
+        assert self.weaviate is not None
+        self.weaviate.kill()
 
     @property
     def url(self) -> str:
@@ -119,7 +144,11 @@ class Cluster:
         env = {
             **os.environ,
             "RAG_REDIS_URL": self.url,
-            "RAG_STORE_LANCEDB_PATH": str(self.index_dir),
+            "RAG_STORE_BACKEND": self.store.backend,
+            "RAG_STORE_TABLE": self.store.table,
+            "RAG_STORE_LANCEDB_PATH": str(self.store.lancedb_path),
+            "RAG_STORE_WEAVIATE_URL": self.store.weaviate_url or "",
+            "RAG_STORE_WEAVIATE_GRPC_PORT": str(self.store.weaviate_grpc_port),
             "HF_HUB_OFFLINE": "1",
             "OPENBLAS_NUM_THREADS": "1",
             "RAG_EMBEDDING_THREADS": "1",
@@ -150,6 +179,8 @@ class Cluster:
     def start(self, stages: Sequence[str] = STAGES) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.start_redis()
+        if self.backend == "weaviate":
+            self.start_weaviate()
         for stage in stages:
             for replica in range(self.replicas):
                 self.start_stage(stage, replica)
@@ -203,6 +234,8 @@ class Cluster:
                 proc.process.wait()
         if self.server is not None:
             self.server.stop()
+        if self.weaviate is not None:
+            self.weaviate.stop()
 
     async def quiescent(self, redis: Redis) -> bool:
         """Every group on the stage streams has read everything and has nothing pending."""

@@ -9,10 +9,11 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlparse
 
 import lancedb
+import weaviate
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -20,6 +21,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.chunker.chunking import Chunker, load_tokenizer
 from shared import wire
 from shared.contracts import DeadLetter, DocIndexed, DocUpsert
+from shared.settings import StoreSettings
+from shared.store.records import DocState
+from shared.store.versioning import fence_of
+from shared.store.weaviate_store import collection_name
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 Key = tuple[str, int]
@@ -133,10 +138,10 @@ class Expectation:
             self.docs[doc.doc_id] = (doc.version, ids)
 
 
-def check_index(index_dir: Path, prefix: str, expected: Expectation) -> IndexCheck:
+def check_index(store: StoreSettings, prefix: str, expected: Expectation) -> IndexCheck:
     """Docs under `prefix` exactly as expected; `duplicated` counts repeated chunk ids, rows of
     a version other than the doc's fence, and rows nobody expected."""
-    rows, fences = _read_index(index_dir, prefix)
+    rows, fences = _read_index(store, prefix)
     ids = Counter(r["chunk_id"] for r in rows)
     duplicated = sum(n - 1 for n in ids.values())
     by_doc: dict[str, list[dict[str, Any]]] = {}
@@ -162,15 +167,47 @@ def check_index(index_dir: Path, prefix: str, expected: Expectation) -> IndexChe
     return IndexCheck(indexed, len(expected.docs) - indexed, duplicated, len(rows))
 
 
-def _read_index(index_dir: Path, prefix: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    if not index_dir.exists():
-        return [], {}
-    db = lancedb.connect(index_dir)
-    quoted = prefix.replace("'", "''")
-    where = f"doc_id LIKE '{quoted}%'"
-    chunks = db.open_table("chunks")
-    rows = chunks.search().where(where).select(["chunk_id", "doc_id", "version"]).limit(None)
-    docs = db.open_table("chunks_docs")
-    states = docs.search().where(where).select(["doc_id", "version", "deleted"]).limit(None)
-    fences = {r["doc_id"]: r["version"] for r in states.to_arrow().to_pylist() if not r["deleted"]}
-    return list(rows.to_arrow().to_pylist()), fences
+def _read_index(store: StoreSettings, prefix: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every row of the docs under `prefix`, and each such doc's served version (no tombstones),
+    read straight from the backend, not through the `Store` under test."""
+    rows, markers = (_read_lancedb if store.backend == "lancedb" else _read_weaviate)(store)
+    rows = [r for r in rows if r["doc_id"].startswith(prefix)]
+    fences = fence_of(
+        DocState(m["doc_id"], int(m["version"]), bool(m["deleted"]))
+        for m in markers
+        if m["doc_id"].startswith(prefix)
+    )
+    return rows, {d: f.version for d, f in fences.items() if not f.deleted}
+
+
+Rows = list[dict[str, Any]]
+
+
+def _read_lancedb(store: StoreSettings) -> tuple[Rows, Rows]:
+    if not store.lancedb_path.exists():
+        return [], []
+    db = lancedb.connect(store.lancedb_path)
+    chunks = db.open_table(store.table).search().select(["chunk_id", "doc_id", "version"])
+    fences = db.open_table(f"{store.table}_fences").search()
+    markers = fences.select(["doc_id", "version", "deleted"]).limit(None).to_arrow()
+    return list(chunks.limit(None).to_arrow().to_pylist()), list(markers.to_pylist())
+
+
+def _read_weaviate(store: StoreSettings) -> tuple[Rows, Rows]:
+    url = urlparse(store.weaviate_url or "")
+    client = weaviate.connect_to_custom(
+        http_host=url.hostname or "127.0.0.1", http_port=url.port or 80, http_secure=False,
+        grpc_host=url.hostname or "127.0.0.1", grpc_port=store.weaviate_grpc_port,
+        grpc_secure=False,
+    )  # fmt: skip
+    name = collection_name(store.table)
+    try:
+        rows = client.collections.use(name).iterator(
+            return_properties=["chunk_id", "doc_id", "version"]
+        )
+        markers = client.collections.use(f"{name}Fences").iterator(
+            return_properties=["doc_id", "version", "deleted"]
+        )
+        return [dict(o.properties) for o in rows], [dict(o.properties) for o in markers]
+    finally:
+        client.close()

@@ -112,7 +112,7 @@ class Run:
         )
         seconds = time.perf_counter() - self.started
         await self.cluster.wait_quiescent()
-        index = check_index(self.cluster.index_dir, self.prefix, self.expectation)
+        index = check_index(self.cluster.store, self.prefix, self.expectation)
         result = {
             "sent": self.sent,
             **index.as_dict(),
@@ -253,6 +253,29 @@ async def _max_deliveries_during(cluster: Cluster, seconds: float) -> int:
             highest = max([highest, *(int(r["times_delivered"]) for r in rows)])
             await asyncio.sleep(0.5)
     return highest
+
+
+async def weaviate_restart(
+    cluster: Cluster, expectation: Expectation, n: int, down_s: float = 3.0
+) -> dict[str, Any]:
+    """kill -9 Weaviate while docs are being indexed; restart it on the same ports and data
+    directory. The embedders retry (transient errors), nothing is lost or dead-lettered."""
+    prefix = "weaviate-restart-"
+    run = await Run.begin(cluster, prefix, expectation)
+    docs = make_docs(prefix, n)
+    await run.send(docs)
+    await _wait_acks(cluster, run.follower, prefix, max(1, n // 10))
+    cluster.kill_weaviate()
+    killed_at = time.perf_counter()
+    await asyncio.sleep(down_s)
+    cluster.start_weaviate()
+    down = time.perf_counter() - killed_at
+    result, _ = await run.finish(keys_of(docs))
+    result["down_s"] = round(down, 2)
+    result["stages_alive"] = all(
+        p.alive for p in cluster.processes if p.consumer in _current(cluster)
+    )
+    return result
 
 
 # -- 4. poison --------------------------------------------------------------------------------
@@ -437,12 +460,17 @@ class Sizes:
 async def run_all(cluster: Cluster, sizes: Sizes, only: Sequence[str] = ()) -> dict[str, Any]:
     """Every scenario in an order that keeps the burst's memory figures clean."""
     expectation = Expectation()
+    outage: tuple[str, Callable[[], Awaitable[dict[str, Any]]]] = (
+        ("store_outage", lambda: store_outage(cluster, expectation, sizes.docs, sizes.outage_s))
+        if cluster.backend == "lancedb"
+        else ("weaviate_restart", lambda: weaviate_restart(cluster, expectation, sizes.docs))
+    )
     plan: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
         ("burst", lambda: burst(cluster, expectation, sizes.burst)),
         ("replicas", lambda: replicas(cluster, expectation, sizes.docs)),
         ("shuffled_updates", lambda: shuffled_updates(cluster, expectation, sizes.updates)),
         ("poison", lambda: poison(cluster, expectation, sizes.docs)),
-        ("store_outage", lambda: store_outage(cluster, expectation, sizes.docs, sizes.outage_s)),
+        outage,
         ("kill9_chunker", lambda: kill_midbatch(cluster, expectation, "chunker", sizes.docs)),
         ("kill9_embedder", lambda: kill_midbatch(cluster, expectation, "embedder", sizes.docs)),
         ("redis_restart", lambda: redis_restart(cluster, expectation, sizes.docs)),
