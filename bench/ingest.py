@@ -1,8 +1,10 @@
 """Ingest benchmark: bulk docs/s against the raw encode ceiling, and single-update freshness.
 
-    python -m bench.ingest --corpus ../shared/datasets/scifact/corpus.jsonl [--limit N]
+    python -m bench.ingest --corpus ../shared/datasets/scifact/corpus.jsonl [--limit N] \
+        [--store lancedb|weaviate]
 
-Runs the real chunker and embedder processes on an embedded server with a fresh index, then:
+Runs the real chunker and embedder processes on an embedded server with a fresh index (LanceDB,
+or a new collection in WEAVIATE_URL's Weaviate or in a local one), then:
 1. bulk: publishes every doc at once and waits for all `rag.indexed` acks (docs/s);
 2. ceiling: encodes a sample of the same chunk texts in-process, no queue (docs/s);
 3. updates: changes `--updates` docs one at a time on the loaded index, each waited for, so
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from bench.index import bench_store
 from ragstream.allinone import running
 from ragstream.ingest import (
     IngestReport,
@@ -31,7 +34,7 @@ from ragstream.ingest import (
     publish_and_wait,
 )
 from shared.contracts import DocUpsert
-from shared.settings import StreamSettings
+from shared.settings import StreamSettings, store_env
 
 STAGES = ("chunker", "embedder")
 
@@ -94,11 +97,16 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=50, help="single updates to time")
     parser.add_argument("--ceiling-sample", type=int, default=500)
     parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--store", choices=("lancedb", "weaviate"), default="lancedb")
     args = parser.parse_args()
     docs = load_documents(args.corpus)[: args.limit]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    with tempfile.TemporaryDirectory() as tmp, running(Path(tmp), stages=STAGES) as pipeline:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        bench_store(args.store, Path(tmp)) as store,
+        running(Path(tmp), stages=STAGES, extra_env=store_env(store)) as pipeline,
+    ):
         result = asyncio.run(run(args, pipeline.redis_url, docs))
     ceiling = encode_ceiling(docs, args.ceiling_sample)
     bulk = result["bulk"]
@@ -106,6 +114,7 @@ def main() -> None:
     result["encode_ceiling_docs_per_s"] = round(ceiling, 1)
     result["ratio_to_ceiling"] = round(float(bulk["docs_per_s"]) / ceiling, 3)
     result["corpus"] = str(args.corpus)
+    result["store"] = args.store
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -1,7 +1,8 @@
 """Query-path benchmark: per-stage and end-to-end latency over real stage processes.
 
     python -m bench.query --corpus ../shared/datasets/scifact/corpus.jsonl \
-        --queries ../shared/datasets/scifact/queries-train.jsonl [--limit-docs N] [--n 200]
+        --queries ../shared/datasets/scifact/queries-train.jsonl [--limit-docs N] [--n 200] \
+        [--store lancedb|weaviate]
 
 Starts all five stages on an embedded server with a fresh index (or the existing one at
 RAG_STORE_LANCEDB_PATH when --corpus is omitted), ingests the corpus, then asks
@@ -11,6 +12,7 @@ end-to-end milliseconds. Reranker and generator backends come from the usual env
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -20,9 +22,11 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from bench.index import bench_store
 from ragstream.allinone import running
 from ragstream.ingest import ingest, load_documents, percentile
 from shared.client import ask
+from shared.settings import store_env
 
 
 def summary(values: list[float]) -> dict[str, float] | None:
@@ -84,13 +88,21 @@ def main() -> None:
     parser.add_argument("--queries", type=Path, required=True, help="JSONL with a text field")
     parser.add_argument("--limit-docs", type=int, default=None)
     parser.add_argument("--n", type=int, default=200, help="queries to ask")
+    parser.add_argument("--store", choices=("lancedb", "weaviate"), default="lancedb",
+                        help="with --corpus: the fresh index's backend")  # fmt: skip
     args = parser.parse_args()
     with args.queries.open(encoding="utf-8") as lines:
         queries = [json.loads(line)["text"] for line in lines if line.strip()][: args.n]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    with tempfile.TemporaryDirectory() as tmp, running(Path(tmp)) as pipeline:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        env = {}
+        if args.corpus is not None:
+            env = store_env(stack.enter_context(bench_store(args.store, tmp)))
+        pipeline = stack.enter_context(running(tmp, extra_env=env))
         result = asyncio.run(run(pipeline.redis_url, args.corpus, queries, args.limit_docs))
+    result["store"] = args.store if args.corpus is not None else "existing"
     result["reranker"] = os.environ.get("RAG_RERANKER_BACKEND", "none")
     result["generator"] = os.environ.get("RAG_GENERATOR_BACKEND", "extractive")
     sys.stdout.write(json.dumps(result) + "\n")

@@ -119,6 +119,24 @@ class StoreSettings(BaseSettings):
     )
 
 
+def store_env(settings: StoreSettings) -> dict[str, str]:
+    """The `RAG_STORE_*` variables that point another process (a stage) at this index."""
+    env = {
+        "RAG_STORE_BACKEND": settings.backend,
+        "RAG_STORE_TABLE": settings.table,
+        "RAG_STORE_LANCEDB_PATH": str(settings.lancedb_path),
+        "RAG_STORE_WEAVIATE_GRPC_PORT": str(settings.weaviate_grpc_port),
+        "RAG_STORE_WEAVIATE_HYBRID": settings.weaviate_hybrid,
+    }
+    if settings.weaviate_url:
+        env["RAG_STORE_WEAVIATE_URL"] = settings.weaviate_url
+    if settings.weaviate_grpc_host:
+        env["RAG_STORE_WEAVIATE_GRPC_HOST"] = settings.weaviate_grpc_host
+    if settings.weaviate_api_key:
+        env["RAG_STORE_WEAVIATE_API_KEY"] = settings.weaviate_api_key.get_secret_value()
+    return env
+
+
 class EmbeddingSettings(BaseSettings):
     """The embedding model, shared by the embedder (documents) and the retriever (queries)."""
 

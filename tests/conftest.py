@@ -97,16 +97,3 @@ def store_settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest)
         weaviate_grpc_port=server.ports.grpc,
         table=table,
     )
-
-
-def store_env(settings: StoreSettings) -> dict[str, str]:
-    """Env that points a stage (or any process) at the index `settings` name."""
-    env = {
-        "RAG_STORE_BACKEND": settings.backend,
-        "RAG_STORE_TABLE": settings.table,
-        "RAG_STORE_LANCEDB_PATH": str(settings.lancedb_path),
-        "RAG_STORE_WEAVIATE_GRPC_PORT": str(settings.weaviate_grpc_port),
-    }
-    if settings.weaviate_url:
-        env["RAG_STORE_WEAVIATE_URL"] = settings.weaviate_url
-    return env

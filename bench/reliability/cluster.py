@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ragstream.redis_server import RedisServer, start_server
 from ragstream.weaviate_server import WeaviateServer, start_weaviate
-from shared.settings import StoreSettings, StreamSettings
+from shared.settings import StoreSettings, StreamSettings, store_env
 
 STAGES = ("chunker", "embedder")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -144,11 +144,7 @@ class Cluster:
         env = {
             **os.environ,
             "RAG_REDIS_URL": self.url,
-            "RAG_STORE_BACKEND": self.store.backend,
-            "RAG_STORE_TABLE": self.store.table,
-            "RAG_STORE_LANCEDB_PATH": str(self.store.lancedb_path),
-            "RAG_STORE_WEAVIATE_URL": self.store.weaviate_url or "",
-            "RAG_STORE_WEAVIATE_GRPC_PORT": str(self.store.weaviate_grpc_port),
+            **store_env(self.store),
             "HF_HUB_OFFLINE": "1",
             "OPENBLAS_NUM_THREADS": "1",
             "RAG_EMBEDDING_THREADS": "1",

@@ -14,11 +14,11 @@ from ragstream.redis_server import RedisServer
 from ragstream.weaviate_server import WeaviateServer
 from shared import wire
 from shared.contracts import DeadLetter, DocDelete, DocUpsert
-from shared.settings import StoreSettings, StreamSettings
+from shared.settings import StoreSettings, StreamSettings, store_env
 from shared.store.base import Store
 from shared.store.factory import open_store
 from shared.store.records import SearchRequest
-from tests.conftest import BACKENDS, store_env, stream_env, unique_streams
+from tests.conftest import BACKENDS, stream_env, unique_streams
 
 pytestmark = pytest.mark.integration
 STAGES = ("chunker", "embedder")

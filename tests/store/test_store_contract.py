@@ -15,7 +15,7 @@ import pytest
 
 from shared.embedding import SentenceTransformerEmbedder
 from shared.errors import PermanentError
-from shared.settings import EmbeddingSettings, StoreSettings
+from shared.settings import EmbeddingSettings, StoreSettings, store_env
 from shared.store.base import Store
 from shared.store.factory import open_store
 from shared.store.records import (
@@ -27,7 +27,6 @@ from shared.store.records import (
     WriteOutcome,
 )
 from shared.store.versioning import VersionedStore
-from tests.conftest import store_env
 from tests.store.builders import DIM, bm25, dense, upsert, vec
 
 REPO = Path(__file__).resolve().parents[2]
