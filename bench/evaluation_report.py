@@ -24,6 +24,11 @@ for m in bm25 dense hybrid default; do
 done
 # the same, indexing through real chunker + embedder processes on Redis (metrics are equal)
 ragstream eval --data $D --split train --mode hybrid --via-streams
+# Weaviate (a local server built from source, or WEAVIATE_URL), both fusion methods
+for h in client native; do
+  ragstream eval --data $D --split train --mode hybrid --store weaviate --weaviate-hybrid $h \\
+    --out $R/scifact-train-hybrid-weaviate-$h.json
+done
 # fusion defaults: method x alpha x candidate depth, on train
 python -m bench.fusion_sweep --data $D --split train --out $R/fusion-sweep.json
 # reranker: train on half a of the train queries (~17-26 min on 2 shared cores), evaluate on b
@@ -83,6 +88,11 @@ def setting(r: Result) -> str:
     return text
 
 
+def store_of(r: Result) -> str:
+    """Results from before the Weaviate store have no `store`: they are LanceDB's."""
+    return str(r.get("store") or "lancedb")
+
+
 def by_mode(evals: Iterable[Result], *first: str) -> list[Result]:
     """`first` keys (e.g. half, dataset) first, then the mode order."""
     return sorted(
@@ -125,8 +135,10 @@ def render(results: list[Result]) -> str:
         "",
         COMMANDS,
     ]
-    full = [r for r in evals if r["dataset"] == "scifact" and r.get("half") is None
-            and r["queries"] >= 800]  # fmt: skip
+    scifact = [r for r in evals if r["dataset"] == "scifact" and r.get("half") is None
+               and r["queries"] >= 800]  # fmt: skip
+    full = [r for r in scifact if store_of(r) == "lancedb"]
+    stores = [r for r in scifact if r["mode"] == "hybrid"]
     if full:
         out += ["## SciFact train (809 queries, 5,183 docs)", ""]
         out += table(EVAL_HEADER, eval_rows(by_mode(full)))
@@ -140,6 +152,22 @@ def render(results: list[Result]) -> str:
             [[r["mode"], r["chunks"], r["ndcg@10"], r["chunk_level"]["ndcg@10"],
               r["recall@100"], r["chunk_level"]["recall@100"]]
              for r in sorted(full, key=lambda r: MODE_ORDER.index(r["mode"]))],
+        )  # fmt: skip
+    if len({store_of(r) for r in stores}) > 1:
+        out += ["## Stores: LanceDB and Weaviate (SciFact train, hybrid)", "",
+                "The same chunks and vectors in both (the Weaviate collection is loaded from "
+                "the cached LanceDB index through `WeaviateStore.apply`); `client` fusion is "
+                "ragstream's own (a vector and a BM25 query, min-max fused, per-list scores "
+                "kept for abstention), `native` is Weaviate's relative-score hybrid in one "
+                "query. Weaviate's BM25 tokenises words without stemming; LanceDB's stems.",
+                ""]  # fmt: skip
+        ordered = sorted(stores, key=lambda r: (store_of(r), str(r.get("weaviate_hybrid"))))
+        out += table(
+            ("store", "fusion", "nDCG@10", "R@10", "R@100", "MRR@10", "query p50 ms",
+             "query p95 ms"),
+            [[store_of(r), r.get("weaviate_hybrid") or "client", r["ndcg@10"], r["recall@10"],
+              r["recall@100"], r["mrr@10"], fmt(r["query_ms_p50"], 1),
+              fmt(r["query_ms_p95"], 1)] for r in ordered],
         )  # fmt: skip
     for sweep in sweeps:
         out += [f"## Fusion defaults ({sweep['dataset']} {sweep['split']}, "
@@ -174,7 +202,7 @@ def render(results: list[Result]) -> str:
               r["rerank_over_budget"]]
              for r, row in zip(ordered, eval_rows(ordered), strict=True)],
         )  # fmt: skip
-    others = [r for r in evals if r not in full and r not in halves]
+    others = [r for r in evals if r not in scifact and r not in halves]
     if others:
         out += ["## Other runs", ""]
         ordered = by_mode(others, "dataset")

@@ -89,14 +89,23 @@ def _up(extra_env: dict[str, str]) -> int:
 
 def cmd_weaviate(args: argparse.Namespace) -> int:
     """`build`: the pinned server, once, into the cache; `serve`: run it until Ctrl-C."""
-    from ragstream.weaviate_server import WEAVIATE_TAG, server_binary, start_weaviate
+    from ragstream.weaviate_server import (
+        WEAVIATE_TAG,
+        WeaviateUnavailable,
+        server_binary,
+        start_weaviate,
+    )
 
-    if args.action == "build":
-        with err.status(f"building weaviate-server {WEAVIATE_TAG} (minutes the first time)…"):
-            binary = server_binary()
-        err.print(f"weaviate-server {WEAVIATE_TAG}: {binary}")
-        return 0
-    server = start_weaviate(DATA_DIR / "weaviate")
+    try:
+        if args.action == "build":
+            with err.status(f"building weaviate-server {WEAVIATE_TAG} (minutes the first time)…"):
+                binary = server_binary()
+            err.print(f"weaviate-server {WEAVIATE_TAG}: {binary}")
+            return 0
+        server = start_weaviate(DATA_DIR / "weaviate")
+    except WeaviateUnavailable as exc:
+        err.print(f"[red]Weaviate unavailable:[/] {exc}", markup=True, highlight=False)
+        return 1
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

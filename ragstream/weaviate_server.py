@@ -81,6 +81,7 @@ class WeaviateServer:
     ports: Ports
     data_dir: Path
     binary: Path
+    api_key: str | None = None
 
     @property
     def url(self) -> str:
@@ -109,14 +110,28 @@ class WeaviateServer:
 
     def restart(self, timeout: float = 60.0) -> "WeaviateServer":
         """Start again on the same ports and data directory (after `stop` or `kill`)."""
-        return start_weaviate(self.data_dir, self.ports, binary=self.binary, timeout=timeout)
+        return start_weaviate(
+            self.data_dir, self.ports, binary=self.binary, timeout=timeout, api_key=self.api_key
+        )
 
 
-def server_env(data_dir: Path, ports: Ports) -> dict[str, str]:
+def server_env(data_dir: Path, ports: Ports, api_key: str | None = None) -> dict[str, str]:
+    auth = (
+        {
+            "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false",
+            "AUTHENTICATION_APIKEY_ENABLED": "true",
+            "AUTHENTICATION_APIKEY_ALLOWED_KEYS": api_key,
+            "AUTHENTICATION_APIKEY_USERS": "ragstream",
+            "AUTHORIZATION_ADMINLIST_ENABLED": "true",
+            "AUTHORIZATION_ADMINLIST_USERS": "ragstream",
+        }
+        if api_key
+        else {"AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true"}
+    )
     return {
+        **auth,
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PERSISTENCE_DATA_PATH": str(data_dir.resolve()),
-        "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
         "DEFAULT_VECTORIZER_MODULE": "none",
         "ENABLE_MODULES": "",
         "DISABLE_TELEMETRY": "true",
@@ -147,21 +162,26 @@ def start_weaviate(
     *,
     binary: Path | None = None,
     timeout: float = 90.0,
+    api_key: str | None = None,
 ) -> WeaviateServer:
-    """Build (once) and start a server keeping its data in `data_dir`; wait until it is ready."""
+    """Build (once) and start a server keeping its data in `data_dir`; wait until it is ready.
+
+    With `api_key`, anonymous access is off and that key is the one admin (tests of
+    authenticated deployments; the key is in the server's environment, not for real secrets).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     binary = binary or server_binary()
     ports = ports or Ports.free()
     log_file = (data_dir / "server.log").open("ab")
     process = subprocess.Popen(
         [str(binary), "--host", "127.0.0.1", "--port", str(ports.http), "--scheme", "http"],
-        env=server_env(data_dir, ports),
+        env=server_env(data_dir, ports, api_key),
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     log_file.close()
-    server = WeaviateServer(process, ports, data_dir, binary)
+    server = WeaviateServer(process, ports, data_dir, binary, api_key)
     deadline = time.monotonic() + timeout
     ready = f"{server.url}/v1/.well-known/ready"
     while True:

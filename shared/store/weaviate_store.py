@@ -45,6 +45,7 @@ from weaviate.exceptions import (
     UnexpectedStatusCodeError,
     WeaviateBaseError,
     WeaviateInsertInvalidPropertyError,
+    WeaviateInsertManyAllFailedError,
     WeaviateInvalidInputError,
 )
 
@@ -184,18 +185,28 @@ class WeaviateIndex:
             level = ConsistencyLevel(self.settings.weaviate_consistency)
             chunks = client.collections.use(self.name).with_consistency_level(level)
             fences = client.collections.use(f"{self.name}Fences").with_consistency_level(level)
-            config = await chunks.config.get()
-            vector = config.vector_config or {}
-            dims = {
-                name: getattr(v.vector_index_config, "distance_metric", None)
-                for name, v in vector.items()
-            }
-            if dims and VectorDistances.COSINE not in dims.values():
-                raise PermanentError(f"collection {self.name} does not use cosine distance")
+            await self._check_existing(chunks)
         except BaseException:
             await client.close()
             raise
         self._client, self._chunks, self._fences = client, chunks, fences
+
+    async def _check_existing(self, chunks: Any) -> None:
+        """Refuse a collection made for another distance or embedding dimension."""
+        config = await chunks.config.get()
+        metrics = {
+            getattr(v.vector_index_config, "distance_metric", None)
+            for v in (config.vector_config or {}).values()
+        }
+        if metrics != {VectorDistances.COSINE}:
+            raise ValueError(f"collection {self.name} does not use cosine distance only: {metrics}")
+        sample = await chunks.query.fetch_objects(limit=1, include_vector=True)
+        for obj in sample.objects:
+            dims = {len(v) for v in obj.vector.values()}
+            if dims != {self.dim}:
+                raise ValueError(
+                    f"collection {self.name} holds vectors of dim {dims}, not {self.dim}"
+                )
 
     async def _ensure(
         self, client: Any, name: str, properties: list[Property], *, vectors: bool
@@ -257,7 +268,9 @@ class WeaviateIndex:
     ) -> None:
         for start in range(0, len(objects), _INSERT_SLICE):
             part = objects[start : start + _INSERT_SLICE]
-            result = await self._call(partial(collection.data.insert_many, part), f"insert {what}")
+            result = await self._call(
+                partial(collection.data.insert_many, part), f"insert {what}", write=True
+            )
             if result.errors:
                 messages = sorted({e.message for e in result.errors.values()})
                 reason = (
@@ -298,7 +311,9 @@ class WeaviateIndex:
     async def _delete(self, collection: Any, filters: list[Any]) -> None:
         where = filters[0] if len(filters) == 1 else Filter.any_of(filters)
         while True:
-            result = await self._call(lambda: collection.data.delete_many(where=where), "delete")
+            result = await self._call(
+                lambda: collection.data.delete_many(where=where), "delete", write=True
+            )
             if result.failed:
                 raise TransientError(f"Weaviate failed to delete {result.failed} objects")
             if result.matches < _DELETE_LIMIT:
@@ -421,18 +436,21 @@ class WeaviateIndex:
 
     # ---- errors ------------------------------------------------------------------------------
 
-    async def _call(self, op: Callable[[], Awaitable[T]], what: str) -> T:
-        """Run one Weaviate call, retrying transient failures; classify what remains."""
-        retries = self.settings.weaviate_retries
-        for attempt in range(retries + 1):
+    async def _call(self, op: Callable[[], Awaitable[T]], what: str, *, write: bool = False) -> T:
+        """Run one Weaviate call under a deadline, retrying transient failures; classify what
+        remains. The deadline also bounds the client's own retries of an unavailable server
+        (it backs off for up to a minute, and no setting shortens that)."""
+        s = self.settings
+        timeout = s.weaviate_insert_timeout_s if write else s.weaviate_timeout_s
+        for attempt in range(s.weaviate_retries + 1):
             try:
-                return await op()
+                return await asyncio.wait_for(op(), timeout)
             except Exception as exc:
                 if _permanent(exc):
                     raise PermanentError(f"Weaviate {what}: {_reason(exc)}") from exc
                 if not isinstance(exc, _TRANSIENT):
                     raise
-                if attempt == retries:
+                if attempt == s.weaviate_retries:
                     raise TransientError(f"Weaviate {what} failed: {_reason(exc)}") from exc
                 await asyncio.sleep(0.05 * 2**attempt * (1 + random.random()))
         raise AssertionError("unreachable")
@@ -494,10 +512,14 @@ def _transient_text(text: str) -> bool:
 
 
 def _permanent(exc: BaseException) -> bool:
+    """A refusal of the request itself (4xx), which no retry cures. Bad credentials (401, 403)
+    are not: they are the deployment's fault, not the event's, so its events stay pending."""
     if isinstance(exc, WeaviateInvalidInputError | WeaviateInsertInvalidPropertyError):
         return True
+    if isinstance(exc, WeaviateInsertManyAllFailedError):  # every object refused, with reasons
+        return not _transient_text(str(exc))
     if isinstance(exc, UnexpectedStatusCodeError):
-        return 400 <= exc.status_code < 500 and exc.status_code not in (408, 429)
+        return 400 <= exc.status_code < 500 and exc.status_code not in (401, 403, 408, 429)
     return False
 
 
