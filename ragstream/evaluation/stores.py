@@ -15,7 +15,7 @@ from ragstream.evaluation.indexing import IndexInfo
 from shared.settings import HybridMethod, StoreSettings
 from shared.store.base import Store
 from shared.store.lancedb_store import LanceDBStore
-from shared.store.weaviate_store import WeaviateStore
+from shared.store.weaviate_store import SCHEMA_VERSION, WeaviateStore
 
 Backend = Literal["lancedb", "weaviate"]
 COPY_BATCH = 256
@@ -58,7 +58,10 @@ async def eval_store(
         return
     with weaviate_settings(cache_dir) as base:
         settings = base.model_copy(
-            update={"table": f"Eval_{info.key}", "weaviate_hybrid": hybrid or base.weaviate_hybrid}
+            update={
+                "table": f"Eval_{info.key}_s{SCHEMA_VERSION}",
+                "weaviate_hybrid": hybrid or base.weaviate_hybrid,
+            }
         )
         store = WeaviateStore(settings, dim)
         try:

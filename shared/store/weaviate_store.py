@@ -2,7 +2,8 @@
 
 Two collections: ``<Table>`` holds one object per chunk *version* (UUID = uuid5 of
 ``chunk_id@version``; self-provided vector in an HNSW index with cosine distance; BM25 over
-``search_text``, which holds the title, heading path and text; filterable ``doc_id``,
+``search_text``, which holds the title, heading path and text, English-stemmed by ragstream (as
+LanceDB's full-text index stems; queries are stemmed alike); filterable ``doc_id``,
 ``version``, ``source`` and metadata ``tags``), and ``<Table>Fences`` holds the fence markers
 (UUID = uuid5 of ``doc_id@version[~]``). `shared.store.versioning` says how `apply` commits and
 why the fence can live here although Weaviate has no conditional update.
@@ -53,9 +54,12 @@ from shared.chunk_text import search_text
 from shared.errors import PermanentError, TransientError
 from shared.settings import HybridMethod, StoreSettings
 from shared.store.records import ChunkRecord, DocState, SearchRequest, UpsertDoc, split_filters
+from shared.store.stemming import stem_text
 from shared.store.versioning import Candidates, Scored, VersionedStore
 
 T = TypeVar("T")
+SCHEMA_VERSION = 2
+"""Bump when what a collection holds for the same rows changes (2: stemmed `search_text`)."""
 _NAMESPACE = uuid.UUID("0b6f9a3e-51c4-4d0e-9f53-6b2b8c1d7e24")
 _INSERT_SLICE = 500
 _DELETE_LIMIT = (
@@ -329,7 +333,7 @@ class WeaviateIndex:
             if request.vector is not None
             else None
         )
-        text = request.text if request.text.strip() else None
+        text = stem_text(request.text) or None
         wants_dense = request.mode in ("dense", "hybrid") and vector is not None
         wants_bm25 = request.mode in ("bm25", "hybrid") and text is not None
         if request.mode == "hybrid" and self.hybrid == "native" and wants_dense and wants_bm25:
@@ -469,7 +473,7 @@ def _properties(chunk: ChunkRecord) -> dict[str, Any]:
     properties = {name: getattr(chunk, name) for name in _CHUNK_PROPERTIES}
     properties["section_path"] = list(chunk.section_path)
     properties["tags"] = list(chunk.tags)
-    properties["search_text"] = search_text(chunk.title, chunk.section_path, chunk.text)
+    properties["search_text"] = stem_text(search_text(chunk.title, chunk.section_path, chunk.text))
     return properties
 
 
