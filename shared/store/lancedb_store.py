@@ -159,21 +159,22 @@ class LanceDBIndex:
         )  # fmt: skip
         await _retry(lambda: _insert_new(table, "fence_id", data))
 
-    async def prune(self, fences: Sequence[DocState]) -> None:
-        chunks, table = await self._tables()
-        docs = f"doc_id IN ({', '.join(_sql(f.doc_id) for f in fences)})"
+    async def prune_rows(self, fences: Sequence[DocState]) -> None:
+        chunks, _ = await self._tables()
         rows = " OR ".join(
             f"(doc_id = {_sql(f.doc_id)} AND version {'<=' if f.deleted else '<'} {f.version})"
             for f in fences
         )
+        await _delete(chunks, f"{_docs(fences)} AND ({rows})")
+
+    async def prune_markers(self, fences: Sequence[DocState]) -> None:
+        _, table = await self._tables()
         markers = " OR ".join(
             f"(doc_id = {_sql(f.doc_id)} AND (version < {f.version}"
             + (f" OR (version = {f.version} AND NOT deleted)))" if f.deleted else "))")
             for f in fences
         )
-        for target, where in ((chunks, f"{docs} AND ({rows})"), (table, f"{docs} AND ({markers})")):
-            if await target.count_rows(where):  # an empty delete would still commit a version
-                await _retry(partial(target.delete, where))
+        await _delete(table, f"{_docs(fences)} AND ({markers})")
 
     def _rows(self, docs: Sequence[UpsertDoc]) -> pa.Table:
         columns: dict[str, list[Any]] = {name: [] for name in chunk_schema(self.dim).names}
@@ -320,6 +321,15 @@ def _chunk(row: Mapping[str, Any]) -> ChunkRecord:
 
 async def _nothing() -> Scored:
     return []
+
+
+def _docs(fences: Sequence[DocState]) -> str:
+    return f"doc_id IN ({', '.join(_sql(f.doc_id) for f in fences)})"
+
+
+async def _delete(table: Any, where: str) -> None:
+    if await table.count_rows(where):  # an empty delete would still commit a table version
+        await _retry(partial(table.delete, where))
 
 
 def _sql(value: str) -> str:

@@ -24,8 +24,9 @@ version equals its doc's fence and the fence is not a tombstone. `apply` commits
 1. read the fences of the batch's docs; plan (drop writes older than them as STALE);
 2. insert every row of the new versions (all of them must succeed before step 3);
 3. insert the new markers — the commit point: the doc switches to its new version at once;
-4. re-read the fences; delete the rows below each fence (at or below a tombstone) and the
-   markers below it.
+4. re-read the fences; delete the rows below each fence (at or below a tombstone) and, where
+   the read showed any, the markers below it (garbage only: they never decide anything, so
+   leaving some behind is harmless and the doc's next write removes them).
 
 A crash between any two steps leaves the old version whole and served (step 2's rows are
 invisible without their marker; step 3's leftovers are invisible below the new fence); the
@@ -39,6 +40,8 @@ new marker lands between the two reads and its new rows were not yet in the list
 missing from that one answer — never shown half-updated.
 """
 
+import asyncio
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -95,9 +98,13 @@ class VersionedIndex(Protocol):
         """Insert markers under ``(doc_id, version, deleted)``; raise unless all are stored."""
         ...
 
-    async def prune(self, fences: Sequence[DocState]) -> None:
-        """For each fence: delete its doc's rows below it (at or below, for a tombstone) and
-        its doc's markers below it. Never touches anything newer."""
+    async def prune_rows(self, fences: Sequence[DocState]) -> None:
+        """For each fence: delete its doc's rows below it (at or below, for a tombstone).
+        Never touches anything newer."""
+        ...
+
+    async def prune_markers(self, fences: Sequence[DocState]) -> None:
+        """For each fence: delete its doc's markers below it (garbage: the greatest decides)."""
         ...
 
     async def candidates(self, request: SearchRequest) -> Candidates:
@@ -186,12 +193,11 @@ class VersionedStore:
         await self.index.open()
 
     async def fences(self, doc_ids: Collection[str]) -> dict[str, DocState]:
-        if not doc_ids:
-            return {}
-        return fence_of(await self.index.read_fences(doc_ids))
+        return fence_of(await self.index.read_fences(doc_ids)) if doc_ids else {}
 
     async def apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
-        """Apply a batch in three index writes at most (rows, markers, prune)."""
+        """Apply a batch: insert rows, insert markers, then prune (rows and stale markers at
+        once). Outcomes in the order of `writes`."""
         if not writes:
             return []
         check_writes(writes, self.dim)
@@ -206,9 +212,15 @@ class VersionedStore:
             await self.index.insert_fences(
                 [DocState(w.doc_id, w.version, isinstance(w, DeleteDoc)) for w in new]
             )
-        after = await self.fences(doc_ids)
+        markers = await self.index.read_fences(doc_ids)
+        after = fence_of(markers)
         if after:
-            await self.index.prune(list(after.values()))
+            counts = Counter(m.doc_id for m in markers)
+            stale = [f for f in after.values() if counts[f.doc_id] > 1]
+            await asyncio.gather(
+                self.index.prune_rows(list(after.values())),
+                self.index.prune_markers(stale) if stale else _nothing(),
+            )
         return outcomes
 
     async def hybrid_search(self, request: SearchRequest) -> list[Hit]:
@@ -268,6 +280,10 @@ class VersionedStore:
 
     async def close(self) -> None:
         await self.index.close()
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _newer(version: int, fence: DocState | None) -> bool:

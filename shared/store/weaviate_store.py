@@ -285,32 +285,32 @@ class WeaviateIndex:
                     raise TransientError(reason)
                 raise PermanentError(reason)
 
-    async def prune(self, fences: Sequence[DocState]) -> None:
-        chunks, collection = await self._collections()
-        rows = [
-            _doc(f.doc_id)
-            & (
-                Filter.by_property("version").less_or_equal(f.version)
-                if f.deleted
-                else Filter.by_property("version").less_than(f.version)
-            )
+    async def prune_rows(self, fences: Sequence[DocState]) -> None:
+        chunks, _ = await self._collections()
+        below = Filter.by_property("version")
+        await self._delete(
+            chunks,
+            [
+                _doc(f.doc_id)
+                & (below.less_or_equal(f.version) if f.deleted else below.less_than(f.version))
+                for f in fences
+            ],
+        )
+
+    async def prune_markers(self, fences: Sequence[DocState]) -> None:
+        _, collection = await self._collections()
+        version = Filter.by_property("version")
+        upsert = Filter.by_property("deleted").equal(False)
+        below = [
+            # a tombstone also outranks the upsert marker of its own version
+            version.less_than(f.version) | (version.equal(f.version) & upsert)
+            if f.deleted
+            else version.less_than(f.version)
             for f in fences
         ]
-        markers = [
-            _doc(f.doc_id)
-            & (
-                Filter.by_property("version").less_than(f.version)
-                | (
-                    Filter.by_property("version").equal(f.version)
-                    & Filter.by_property("deleted").equal(False)
-                )
-                if f.deleted
-                else Filter.by_property("version").less_than(f.version)
-            )
-            for f in fences
-        ]
-        await self._delete(chunks, rows)
-        await self._delete(collection, markers)
+        await self._delete(
+            collection, [_doc(f.doc_id) & b for f, b in zip(fences, below, strict=True)]
+        )
 
     async def _delete(self, collection: Any, filters: list[Any]) -> None:
         where = filters[0] if len(filters) == 1 else Filter.any_of(filters)
