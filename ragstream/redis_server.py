@@ -18,6 +18,8 @@ from typing import Literal
 
 import redis
 
+from ragstream.server_process import ServerProcess
+
 
 def server_binary() -> str:
     try:
@@ -43,27 +45,13 @@ def free_port() -> int:
 
 
 @dataclass
-class RedisServer:
-    process: subprocess.Popen[bytes]
+class RedisServer(ServerProcess):
     port: int
     data_dir: Path
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
 
 
 def start_server(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragstream.redis_server import free_port
+from ragstream.server_process import ServerProcess
 
 WEAVIATE_TAG = "v1.35.2"
 """The server release, the newest the pinned `weaviate-client` (4.24) supports."""
@@ -76,8 +77,7 @@ class Ports:
 
 
 @dataclass
-class WeaviateServer:
-    process: subprocess.Popen[bytes]
+class WeaviateServer(ServerProcess):
     ports: Ports
     data_dir: Path
     binary: Path
@@ -94,19 +94,6 @@ class WeaviateServer:
             "RAG_STORE_WEAVIATE_URL": self.url,
             "RAG_STORE_WEAVIATE_GRPC_PORT": str(self.ports.grpc),
         }
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
 
     def restart(self, timeout: float = 60.0) -> "WeaviateServer":
         """Start again on the same ports and data directory (after `stop` or `kill`)."""

@@ -181,15 +181,34 @@ async def redis_restart(
     cluster: Cluster, expectation: Expectation, n: int, down_s: float = 2.0
 ) -> dict[str, Any]:
     """kill -9 the server while docs are in flight; restart it on the same port and AOF dir."""
-    prefix = "redis-"
+    return await _restart_mid_ingest(
+        cluster, expectation, n, "redis-",
+        kill=cluster.kill_redis, start=cluster.start_redis, down_s=down_s,
+    )  # fmt: skip
+
+
+async def _restart_mid_ingest(
+    cluster: Cluster,
+    expectation: Expectation,
+    n: int,
+    prefix: str,
+    *,
+    kill: Callable[[], None],
+    start: Callable[[], None],
+    down_s: float,
+) -> dict[str, Any]:
+    """Send `n` docs; once a tenth are acked, `kill` a server, wait `down_s`, `start` it."""
     run = await Run.begin(cluster, prefix, expectation)
     docs = make_docs(prefix, n)
     await run.send(docs)
     await _wait_acks(cluster, run.follower, prefix, max(1, n // 10))
-    cluster.kill_redis()
+    kill()
+    killed_at = time.perf_counter()
     await asyncio.sleep(down_s)
-    cluster.start_redis()
+    start()
+    down = time.perf_counter() - killed_at
     result, _ = await run.finish(keys_of(docs))
+    result["down_s"] = round(down, 2)
     result["stages_alive"] = all(
         p.alive for p in cluster.processes if p.consumer in _current(cluster)
     )
@@ -260,22 +279,10 @@ async def weaviate_restart(
 ) -> dict[str, Any]:
     """kill -9 Weaviate while docs are being indexed; restart it on the same ports and data
     directory. The embedders retry (transient errors), nothing is lost or dead-lettered."""
-    prefix = "weaviate-restart-"
-    run = await Run.begin(cluster, prefix, expectation)
-    docs = make_docs(prefix, n)
-    await run.send(docs)
-    await _wait_acks(cluster, run.follower, prefix, max(1, n // 10))
-    cluster.kill_weaviate()
-    killed_at = time.perf_counter()
-    await asyncio.sleep(down_s)
-    cluster.start_weaviate()
-    down = time.perf_counter() - killed_at
-    result, _ = await run.finish(keys_of(docs))
-    result["down_s"] = round(down, 2)
-    result["stages_alive"] = all(
-        p.alive for p in cluster.processes if p.consumer in _current(cluster)
-    )
-    return result
+    return await _restart_mid_ingest(
+        cluster, expectation, n, "weaviate-restart-",
+        kill=cluster.kill_weaviate, start=cluster.start_weaviate, down_s=down_s,
+    )  # fmt: skip
 
 
 # -- 4. poison --------------------------------------------------------------------------------
