@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from ragstream.ingest import publish_and_wait
 from ragstream.redis_server import RedisServer
 from shared.client import ask
-from shared.contracts import DocUpsert
+from shared.contracts import Answer, DocUpsert
 from shared.settings import StreamSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -27,13 +27,27 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _answering(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/v1/.well-known/live", timeout=1):  # noqa: S310
+        with urllib.request.urlopen(f"{url}/v1/.well-known/live", timeout=1):
             return True
     except (urllib.error.URLError, OSError):
         return False
 
 
-async def test_up_with_weaviate_ingests_answers_and_stops_cleanly(
+async def ingest_and_ask(redis_url: str) -> Answer:
+    redis = Redis.from_url(redis_url)
+    try:
+        doc = DocUpsert(
+            doc_id="okapi", version=1, title="Okapi",
+            text="The okapi is a giraffid native to the Congo rainforest.",
+        )  # fmt: skip
+        report = await publish_and_wait(redis, [doc], streams=StreamSettings(), timeout_s=60)
+        assert report.outcomes == {("okapi", 1): "indexed"}
+        return await ask(redis, "Where does the okapi live?", timeout=60)
+    finally:
+        await redis.aclose()
+
+
+def test_up_with_weaviate_ingests_answers_and_stops_cleanly(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     env = {
@@ -65,21 +79,11 @@ async def test_up_with_weaviate_ingests_answers_and_stops_cleanly(
             pytest.fail("ragstream up did not become ready: " + "".join(lines[-30:]))
         assert weaviate_url is not None and _answering(weaviate_url)
 
-        redis = Redis.from_url(redis_server.url)
-        try:
-            doc = DocUpsert(
-                doc_id="okapi", version=1, title="Okapi",
-                text="The okapi is a giraffid native to the Congo rainforest.",
-            )  # fmt: skip
-            report = await publish_and_wait(redis, [doc], streams=StreamSettings(), timeout_s=60)
-            assert report.outcomes == {("okapi", 1): "indexed"}
-            answer = await ask(redis, "Where does the okapi live?", timeout=60)
-        finally:
-            await redis.aclose()
+        answer = asyncio.run(ingest_and_ask(redis_server.url))
         assert answer.error is None and not answer.abstained
         assert [c.doc_id for c in answer.citations] == ["okapi"]
     finally:
         up.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(up.wait, 90)
+        code = up.wait(90)
     assert code == 0
     assert weaviate_url is not None and not _answering(weaviate_url)  # the server stopped too
