@@ -25,9 +25,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processor=renderer, foreign_pre_chain=shared_processors
-        )
+        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared_processors)
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

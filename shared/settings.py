@@ -112,6 +112,13 @@ class StoreSettings(BaseSettings):
     weaviate_replication_factor: int = Field(
         default=1, ge=1, description="Replication factor of the collections this creates."
     )
+    weaviate_settle_ms: float = Field(
+        default=150.0,
+        gt=0,
+        description="How long after a version's rows its fence is written, because Weaviate "
+        "makes a batch visible object by object: a search that reads faster never sees a doc "
+        "half-updated; a slower one reads twice. Adds this much to Weaviate's freshness.",
+    )
     weaviate_hybrid: HybridMethod = Field(
         default="client",
         description="`client`: a vector and a BM25 query fused by ragstream (keeps per-list "

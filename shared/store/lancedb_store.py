@@ -95,6 +95,9 @@ class LanceDBIndex:
     use. Every read checks for new table versions (``read_consistency_interval=0``), so a
     reader in another process sees a write as soon as it is committed."""
 
+    settle_s = 0.0
+    """A merge-insert is one commit: its rows become visible together."""
+
     def __init__(self, path: str | Path, dim: int, *, table: str = "chunks") -> None:
         self.path, self.dim, self.table = Path(path), dim, table
         self._db: Any = None

@@ -35,12 +35,18 @@ of an older version is committed before its writer ``W`` prunes; if ``W``'s fenc
 sees the final fence ``F``, ``W`` deletes ``r``; if not, ``F``'s marker was inserted after that
 read, hence after ``r``, and the writer of ``F`` prunes after its marker and deletes ``r``.
 
-A search reads its candidate lists first and the fences of the docs in them after. If a doc's
-new marker lands between the two reads and its new rows were not yet in the lists, that doc is
-missing from that one answer — never shown half-updated.
+A search reads its candidate lists first and the fences of the docs in them after: a prune
+only starts once a newer marker is visible, so a reader that still sees the old fence saw all
+the old rows. Where a batch of rows becomes visible at once (LanceDB commits), a reader that sees
+the new fence saw all the new rows too. Where it does not (Weaviate inserts object by object), a
+version's marker is inserted `settle_s` after its rows, and a read that took longer than that
+is redone and keeps only the docs whose fence did not move (`VersionedStore._snapshot`). If a
+doc's new marker lands between the two reads of an answer, that doc can be missing from that
+one answer — never shown half-updated.
 """
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -81,6 +87,9 @@ class VersionedIndex(Protocol):
     """What a backend provides. Every write is idempotent; none is conditional."""
 
     dim: int
+    settle_s: float
+    """0 where a batch of rows becomes visible at once (LanceDB commits); else how long after
+    its rows a version's fence is inserted (see `VersionedStore._snapshot`)."""
 
     async def open(self) -> None:
         """Create or open the collections (idempotent, safe across processes)."""
@@ -208,6 +217,8 @@ class VersionedStore:
         rows = [w for w in new if isinstance(w, UpsertDoc) and w.chunks]
         if rows:
             await self.index.insert_rows(rows)
+            if self.index.settle_s:  # see `_snapshot`: readers must not catch rows half-visible
+                await asyncio.sleep(self.index.settle_s)
         if new:
             await self.index.insert_fences(
                 [DocState(w.doc_id, w.version, isinstance(w, DeleteDoc)) for w in new]
@@ -231,9 +242,7 @@ class VersionedStore:
         wants_dense = request.mode in ("dense", "hybrid")
         if wants_dense and (request.vector is None or request.vector.shape != (self.dim,)):
             raise ValueError(f"mode {request.mode!r} needs a query vector of dim {self.dim}")
-        found = await self.index.candidates(request)
-        every = (*found.dense, *found.bm25, *(found.fused or ()))
-        fences = await self.fences({row.doc_id for row, _ in every})
+        found, fences = await self._snapshot(request)
 
         def served(rows: Scored) -> Scored:
             return [
@@ -269,6 +278,27 @@ class VersionedStore:
             for f in fused
         ]
 
+    async def _snapshot(self, request: SearchRequest) -> tuple[Candidates, dict[str, DocState]]:
+        """The candidate lists and the fences that say which of their rows to serve.
+
+        On an index whose row inserts are atomic (`settle_s == 0`), lists then fences. Where
+        they are not (Weaviate), rows of a new version can be half-visible to the list read; its
+        fence becomes visible `settle_s` after its rows (see `apply`), so a read whose lists and
+        fences took less than that cannot have seen the fence while missing a row. A slower one
+        reads the lists and the fences again and keeps only docs whose fence did not move:
+        their rows were all visible before the first fence read and none was pruned before the
+        second.
+        """
+        started = time.monotonic()
+        found = await self.index.candidates(request)
+        fences = await self.fences(_docs_of(found))
+        settle = self.index.settle_s
+        if not settle or time.monotonic() - started < settle:
+            return found, fences
+        found = await self.index.candidates(request)
+        again = await self.fences(_docs_of(found))
+        return found, {d: f for d, f in again.items() if fences.get(d) == f}
+
     async def current_version(self, doc_id: str) -> DocState | None:
         return (await self.fences([doc_id])).get(doc_id)
 
@@ -284,6 +314,10 @@ class VersionedStore:
 
 async def _nothing() -> None:
     return None
+
+
+def _docs_of(found: Candidates) -> set[str]:
+    return {row.doc_id for row, _ in (*found.dense, *found.bm25, *(found.fused or ()))}
 
 
 def _newer(version: int, fence: DocState | None) -> bool:

@@ -144,6 +144,8 @@ class WeaviateIndex:
         if not settings.weaviate_url:
             raise ValueError("RAG_STORE_WEAVIATE_URL (or WEAVIATE_URL) is not set")
         self.settings, self.dim = settings, dim
+        self.settle_s = settings.weaviate_settle_ms / 1000
+        """A batch insert is not atomic: objects become visible one by one."""
         self.name = collection_name(settings.table)
         self.hybrid: HybridMethod = settings.weaviate_hybrid
         self._client: Any = None

@@ -210,15 +210,25 @@ async def test_crash_between_commits_never_shows_a_subset(store: VersionedStore)
 async def test_readers_never_see_a_subset_under_concurrent_updates(
     store_settings: StoreSettings, store: VersionedStore
 ) -> None:
-    """A writer moves one doc through 20 versions that share chunks; readers in another store
-    instance see, each time, all chunks of exactly one version (or, in the one-read window the
-    versioning module describes, none)."""
-    versions = {
-        v: upsert("x", v, ["stable lead", f"rotating part {v % 3}", "stable tail"][: 2 + v % 2])
-        for v in range(1, 21)
-    }
-    await store.apply([versions[1]])
     reader = open_store(store_settings, DIM)
+    try:
+        await readers_see_whole_versions(store, reader)
+    finally:
+        await reader.close()
+
+
+async def readers_see_whole_versions(
+    writer: Store, reader: Store, *, chunks: int = 3, readers: int = 1
+) -> None:
+    """A writer moves one doc through 20 versions that share chunks; readers (another store
+    instance) see, each time, all chunks of exactly one version (or, in the one-read window
+    the versioning module describes, none)."""
+    def texts(v: int) -> list[str]:
+        stable = [f"stable part {i}" for i in range(chunks - 2 + v % 2)]
+        return [*stable, f"rotating part {v % 3}"]
+
+    versions = {v: upsert("x", v, texts(v)) for v in range(1, 21)}
+    await writer.apply([versions[1]])
     seen: list[list[tuple[str, int]]] = []
     done = asyncio.Event()
 
@@ -226,14 +236,11 @@ async def test_readers_never_see_a_subset_under_concurrent_updates(
         while not done.is_set():
             seen.append(await texts_of(reader, "x"))
 
-    try:
-        task = asyncio.create_task(read())
-        for v in range(2, 21):
-            await store.apply([versions[v]])
-        done.set()
-        await task
-    finally:
-        await reader.close()
+    tasks = [asyncio.create_task(read()) for _ in range(readers)]
+    for v in range(2, 21):
+        await writer.apply([versions[v]])
+    done.set()
+    await asyncio.gather(*tasks)
     whole = {tuple(sorted((c.text, v) for c in d.chunks)) for v, d in versions.items()}
     assert len(seen) > 5
     partial = [s for s in seen if s and tuple(s) not in whole]

@@ -16,6 +16,7 @@ from shared.settings import StoreSettings
 from shared.store.records import SearchRequest, UpsertDoc, WriteOutcome
 from shared.store.weaviate_store import WeaviateStore
 from tests.store.builders import DIM, bm25, upsert
+from tests.store.test_store_contract import readers_see_whole_versions
 
 KEY = "test-key-7f3a"
 
@@ -137,3 +138,19 @@ async def test_native_hybrid_serves_only_fenced_rows(weaviate_server: WeaviateSe
         assert all(h.dense_score is None and h.bm25_score is None for h in hits)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("settle_ms", [150.0, 0.001])
+async def test_readers_see_whole_versions_either_way(
+    weaviate_server: WeaviateServer, settle_ms: float
+) -> None:
+    """Weaviate makes a batch visible object by object. With the default settle delay a fast
+    read is consistent as is; with a delay too short for any read, every search takes the
+    second read, which must be consistent on its own."""
+    settings = settings_for(weaviate_server, weaviate_settle_ms=settle_ms)
+    writer, reader = WeaviateStore(settings, DIM), WeaviateStore(settings, DIM)
+    try:
+        await readers_see_whole_versions(writer, reader, chunks=40, readers=3)
+    finally:
+        await writer.close()
+        await reader.close()
