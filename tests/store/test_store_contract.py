@@ -218,11 +218,11 @@ async def test_readers_never_see_a_subset_under_concurrent_updates(
 
 
 async def readers_see_whole_versions(
-    writer: Store, reader: Store, *, chunks: int = 3, readers: int = 1
+    writer: Store, reader: Store, *, chunks: int = 3, readers: int = 1, min_served: float = 0.5
 ) -> None:
     """A writer moves one doc through 20 versions that share chunks; readers (another store
     instance) see, each time, all chunks of exactly one version (or, in the one-read window
-    the versioning module describes, none)."""
+    the versioning module describes, none: at least `min_served` of the reads see one)."""
     def texts(v: int) -> list[str]:
         stable = [f"stable part {i}" for i in range(chunks - 2 + v % 2)]
         return [*stable, f"rotating part {v % 3}"]
@@ -245,7 +245,7 @@ async def readers_see_whole_versions(
     assert len(seen) > 5
     partial = [s for s in seen if s and tuple(s) not in whole]
     assert partial == []
-    assert sum(1 for s in seen if s) >= len(seen) // 2
+    assert sum(1 for s in seen if s) >= max(1, int(len(seen) * min_served))
 
 
 async def test_concurrent_appliers_converge_on_the_newest(store_settings: StoreSettings) -> None:
