@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test install lint weaviate bench clean
+.PHONY: demo test install lint weaviate redis70 bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,21 @@ lint: install
 weaviate: install
 	$(VENV)/bin/ragstream weaviate build
 
-test: lint weaviate
+# Debian 12's Redis 7.0, for the second leg of the tests (the first runs on Valkey 9). Installed
+# with apt-get when missing and we are root (as on CI); otherwise install it yourself.
+REDIS70 ?= /usr/bin/redis-server
+redis70:
+	@$(REDIS70) --version 2>/dev/null | grep -q 'v=7\.0\.' || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	  else echo "the Redis 7.0 test leg needs Debian's redis-server 7.0 at $(REDIS70)" >&2; exit 1; fi; }
+	@$(REDIS70) --version | grep -q 'v=7\.0\.' || { echo "$(REDIS70) is not Redis 7.0" >&2; exit 1; }
+
+test: lint weaviate redis70
 	HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
+	# The integration and fault suites again, on Redis 7.0 instead of Valkey.
+	RAGSTREAM_REDIS_SERVER=$(REDIS70) HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 \
+	  $(PY) -m pytest tests/integration tests/faults
 
 clean:
 	rm -rf $(VENV) .ragstream

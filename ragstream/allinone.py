@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from ragstream.redis_server import RedisServer, start_server
+from shared.readiness import ready_pattern
 from shared.settings import StreamSettings
 
 STAGES = ("chunker", "embedder", "retriever", "reranker", "generator")
@@ -60,7 +61,7 @@ class Pipeline:
         timeout: float = 120.0,
         streams: StreamSettings | None = None,
     ) -> None:
-        """Ready = every stage's consumer group on its input stream has a consumer."""
+        """Ready = every stage has announced a consumer reading its input stream."""
         client = redis.Redis.from_url(self.redis_url)
         inputs = stage_inputs(streams or StreamSettings())
         deadline = time.monotonic() + timeout
@@ -68,11 +69,8 @@ class Pipeline:
             for stage in stages:
                 while True:
                     self._check_alive(stage)
-                    try:
-                        if client.xinfo_consumers(inputs[stage], stage):
-                            break
-                    except redis.ResponseError:
-                        pass
+                    if next(client.scan_iter(match=ready_pattern(inputs[stage], stage)), None):
+                        break
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"stage {stage} not ready after {timeout:.0f} s")
                     time.sleep(0.2)

