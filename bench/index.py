@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from ragstream.evaluation.stores import weaviate_settings
+from ragstream.weaviate_server import configured_or_local
 from shared.settings import StoreSettings
 
 Backend = Literal["lancedb", "weaviate"]
@@ -19,7 +19,5 @@ def bench_store(backend: Backend, root: Path) -> Iterator[StoreSettings]:
     if backend == "lancedb":
         yield StoreSettings(backend="lancedb", lancedb_path=root / "index")
         return
-    with weaviate_settings(root) as settings:
-        yield settings.model_copy(
-            update={"backend": "weaviate", "table": f"Bench_{uuid.uuid4().hex[:8]}"}
-        )
+    with configured_or_local(root / "weaviate") as settings:
+        yield settings.model_copy(update={"table": f"Bench_{uuid.uuid4().hex[:8]}"})

@@ -55,17 +55,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _weaviate_env(stack: contextlib.ExitStack) -> dict[str, str]:
     """`WEAVIATE_URL` if set (an existing cluster), else a local server, started here."""
-    from shared.settings import StoreSettings
+    from ragstream.weaviate_server import configured_or_local
+    from shared.settings import store_env
 
-    if StoreSettings().weaviate_url:
-        return {"RAG_STORE_BACKEND": "weaviate"}
-    from ragstream.weaviate_server import start_weaviate
-
-    with err.status("starting Weaviate (the first run builds it from source: minutes)…"):
-        server = start_weaviate(DATA_DIR / "weaviate")
-    stack.callback(server.stop)
-    err.print(f"Weaviate at {server.url} (data in {DATA_DIR / 'weaviate'})")
-    return server.env()
+    with err.status("Weaviate: WEAVIATE_URL, else a local server (a first run builds it)…"):
+        settings = stack.enter_context(configured_or_local(DATA_DIR / "weaviate"))
+    err.print(f"Weaviate at {settings.weaviate_url}")
+    return store_env(settings)
 
 
 def _up(extra_env: dict[str, str]) -> int:

@@ -12,17 +12,20 @@ profiling off, persistence in the given data directory. Restarting it on the sam
 directory brings the data back.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ragstream.redis_server import free_port
 from ragstream.server_process import ServerProcess
+from shared.settings import StoreSettings
 
 WEAVIATE_TAG = "v1.35.2"
 """The server release, the newest the pinned `weaviate-client` (4.24) supports."""
@@ -185,3 +188,20 @@ def start_weaviate(
                 f"Weaviate did not become ready on {server.url} within {timeout:.0f} s: {tail}"
             )
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def configured_or_local(data_dir: Path) -> Iterator[StoreSettings]:
+    """Store settings for Weaviate: `WEAVIATE_URL`'s cluster if set, else a local server with
+    its data in `data_dir`, started here and stopped on exit."""
+    settings = StoreSettings().model_copy(update={"backend": "weaviate"})
+    if settings.weaviate_url:
+        yield settings
+        return
+    server = start_weaviate(data_dir)
+    try:
+        yield settings.model_copy(
+            update={"weaviate_url": server.url, "weaviate_grpc_port": server.ports.grpc}
+        )
+    finally:
+        server.stop()

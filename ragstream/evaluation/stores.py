@@ -7,36 +7,19 @@ index's cache key, in the server at `WEAVIATE_URL` or in a local one under the c
 """
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
 from ragstream.evaluation.indexing import IndexInfo
-from shared.settings import HybridMethod, StoreSettings
+from ragstream.weaviate_server import configured_or_local
+from shared.settings import HybridMethod
 from shared.store.base import Store
 from shared.store.lancedb_store import LanceDBStore
 from shared.store.weaviate_store import SCHEMA_VERSION, WeaviateStore
 
 Backend = Literal["lancedb", "weaviate"]
 COPY_BATCH = 256
-
-
-@contextlib.contextmanager
-def weaviate_settings(cache_dir: Path) -> Iterator[StoreSettings]:
-    """`WEAVIATE_URL`'s cluster if set, else a local server kept under `cache_dir`."""
-    settings = StoreSettings()
-    if settings.weaviate_url:
-        yield settings
-        return
-    from ragstream.weaviate_server import start_weaviate
-
-    server = start_weaviate(cache_dir / "weaviate")
-    try:
-        yield settings.model_copy(
-            update={"weaviate_url": server.url, "weaviate_grpc_port": server.ports.grpc}
-        )
-    finally:
-        server.stop()
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +39,7 @@ async def eval_store(
         finally:
             await lance.close()
         return
-    with weaviate_settings(cache_dir) as base:
+    with configured_or_local(cache_dir / "weaviate") as base:
         settings = base.model_copy(
             update={
                 "table": f"Eval_{info.key}_s{SCHEMA_VERSION}",

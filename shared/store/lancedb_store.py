@@ -86,10 +86,6 @@ class IndexFormatError(ValueError):
     """The directory holds a table this version cannot use (other format or dimension)."""
 
 
-def fence_key(fence: DocState) -> str:
-    return f"{fence.doc_id}@{fence.version}{'~' if fence.deleted else ''}"
-
-
 class LanceDBIndex:
     """`VersionedIndex` on LanceDB. Construction is cheap; tables and indexes are made on first
     use. Every read checks for new table versions (``read_consistency_interval=0``), so a
@@ -154,7 +150,7 @@ class LanceDBIndex:
         _, table = await self._tables()
         data = pa.Table.from_pylist(
             [
-                {"fence_id": fence_key(f), "doc_id": f.doc_id, "version": f.version,
+                {"fence_id": f.marker_id, "doc_id": f.doc_id, "version": f.version,
                  "deleted": f.deleted}
                 for f in fences
             ],

@@ -68,6 +68,11 @@ class DocState:
     version: int
     deleted: bool
 
+    @property
+    def marker_id(self) -> str:
+        """The key of this fence marker in the index (`~` marks a tombstone)."""
+        return f"{self.doc_id}@{self.version}{'~' if self.deleted else ''}"
+
 
 FusionMethod = Literal["zscore", "rrf", "minmax"]
 SearchMode = Literal["hybrid", "dense", "bm25"]

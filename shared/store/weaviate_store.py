@@ -52,7 +52,7 @@ from weaviate.exceptions import (
 
 from shared.chunk_text import search_text
 from shared.errors import PermanentError, TransientError
-from shared.settings import HybridMethod, StoreSettings
+from shared.settings import StoreSettings
 from shared.store.records import ChunkRecord, DocState, SearchRequest, UpsertDoc, split_filters
 from shared.store.stemming import stem_text
 from shared.store.versioning import Candidates, Scored, VersionedStore
@@ -84,9 +84,7 @@ def row_uuid(chunk: ChunkRecord) -> str:
 
 
 def fence_uuid(fence: DocState) -> str:
-    return str(
-        uuid.uuid5(_NAMESPACE, f"{fence.doc_id}@{fence.version}{'~' if fence.deleted else ''}")
-    )
+    return str(uuid.uuid5(_NAMESPACE, fence.marker_id))
 
 
 def collection_name(table: str) -> str:
@@ -147,7 +145,6 @@ class WeaviateIndex:
         self.settle_s = settings.weaviate_settle_ms / 1000
         """A batch insert is not atomic: objects become visible one by one."""
         self.name = collection_name(settings.table)
-        self.hybrid: HybridMethod = settings.weaviate_hybrid
         self._client: Any = None
         self._chunks: Any = None
         self._fences: Any = None  # the client's collection objects are loosely typed
@@ -338,7 +335,7 @@ class WeaviateIndex:
         text = stem_text(request.text) or None
         wants_dense = request.mode in ("dense", "hybrid") and vector is not None
         wants_bm25 = request.mode in ("bm25", "hybrid") and text is not None
-        if request.mode == "hybrid" and self.hybrid == "native" and wants_dense and wants_bm25:
+        if self.settings.weaviate_hybrid == "native" and wants_dense and wants_bm25:
             response = await self._call(
                 lambda: chunks.query.hybrid(
                     query=text,
