@@ -6,19 +6,32 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
-from ragstream.redis_server import RedisServer, start_server
+from ragstream.redis_server import RedisServer, free_port, start_server
+from shared.logging import FORMAT_ENV, resolve_format
 from shared.readiness import ready_pattern
 from shared.settings import StreamSettings
 
 STAGES = ("chunker", "embedder", "retriever", "reranker", "generator")
 URL_FILE = "redis-url"
+
+
+def stage_log_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """How stage processes log: in a terminal (see `shared.logging.resolve_format`) for people
+    and only warnings and up, unless `RAG_<STAGE>_LOG_LEVEL` says otherwise, so that their
+    lines do not bury the CLI's own; elsewhere JSON lines at each stage's level."""
+    fmt = resolve_format(environ.get(FORMAT_ENV))
+    env: dict[str, str] = {FORMAT_ENV: fmt}
+    if fmt == "console":
+        levels = (f"RAG_{stage.upper()}_LOG_LEVEL" for stage in STAGES)
+        env |= {name: "WARNING" for name in levels if name not in environ}
+    return env
 
 
 def stage_inputs(streams: StreamSettings) -> dict[str, str]:
@@ -37,10 +50,12 @@ class Pipeline:
     data_dir: Path
     server: RedisServer | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    http_ports: dict[str, int] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
+            **stage_log_env(os.environ),
             "RAG_REDIS_URL": self.redis_url,
             "RAG_STORE_LANCEDB_PATH": os.environ.get(
                 "RAG_STORE_LANCEDB_PATH", str(self.data_dir / "index")
@@ -50,9 +65,14 @@ class Pipeline:
         }
 
     def start_stage(self, stage: str, extra_env: dict[str, str] | None = None) -> None:
+        """Start `stage`; its /livez, /readyz and /metrics go on a free port (`http_ports`)
+        unless `RAG_<STAGE>_HTTP_PORT` is set."""
+        env = {**self.env(), **(extra_env or {})}
+        port_var = f"RAG_{stage.upper()}_HTTP_PORT"
+        env.setdefault(port_var, str(free_port()))
+        self.http_ports[stage] = int(env[port_var])
         self.children[stage] = subprocess.Popen(
-            [sys.executable, "-m", "ragstream", "run", stage],
-            env={**self.env(), **(extra_env or {})},
+            [sys.executable, "-m", "ragstream", "run", stage], env=env
         )
 
     def wait_ready(
@@ -60,8 +80,10 @@ class Pipeline:
         stages: tuple[str, ...],
         timeout: float = 120.0,
         streams: StreamSettings | None = None,
+        on_ready: Callable[[str], None] | None = None,
     ) -> None:
-        """Ready = every stage has announced a consumer reading its input stream."""
+        """Ready = every stage has announced a consumer reading its input stream; `on_ready` is
+        told each stage's name as it is."""
         client = redis.Redis.from_url(self.redis_url)
         inputs = stage_inputs(streams or StreamSettings())
         deadline = time.monotonic() + timeout
@@ -70,6 +92,8 @@ class Pipeline:
                 while True:
                     self._check_alive(stage)
                     if next(client.scan_iter(match=ready_pattern(inputs[stage], stage)), None):
+                        if on_ready is not None:
+                            on_ready(stage)
                         break
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"stage {stage} not ready after {timeout:.0f} s")
@@ -127,11 +151,13 @@ def running(
     stages: tuple[str, ...] = STAGES,
     extra_env: dict[str, str] | None = None,
     streams: StreamSettings | None = None,
+    *,
+    on_ready: Callable[[str], None] | None = None,
 ) -> Iterator[Pipeline]:
     """The stages started, ready, and stopped (with the embedded server, if one was started)."""
     pipeline = start_pipeline(data_dir, redis_url, stages, extra_env)
     try:
-        pipeline.wait_ready(stages, streams=streams)
+        pipeline.wait_ready(stages, streams=streams, on_ready=on_ready)
         yield pipeline
     finally:
         pipeline.stop()

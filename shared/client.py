@@ -6,7 +6,7 @@ from uuid import uuid4
 
 from redis.asyncio import Redis
 
-from shared import wire
+from shared import tracing, wire
 from shared.contracts import Answer, AnswerDelta, Query
 from shared.contracts.answers import REPLY
 from shared.settings import StreamSettings
@@ -50,9 +50,22 @@ async def send_and_wait(
     streams: StreamSettings,
     on_delta: Callable[[AnswerDelta], None] | None = None,
 ) -> Answer:
+    with tracing.client_span("ask", query_id=query.query_id):
+        return await _send_and_wait(redis, query, timeout, streams, on_delta)
+
+
+async def _send_and_wait(
+    redis: Redis,
+    query: Query,
+    timeout: float,
+    streams: StreamSettings,
+    on_delta: Callable[[AnswerDelta], None] | None,
+) -> Answer:
     reply = query.reply_to or streams.answers
     cursor = await wire.last_entry_id(redis, reply)
-    await redis.xadd(streams.queries, wire.encode(query))
+    entry = wire.encode(query)
+    tracing.inject(entry)
+    await redis.xadd(streams.queries, entry)
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
         response = await redis.xread({reply: cursor}, block=max(1, int(min(left, 1.0) * 1000)))

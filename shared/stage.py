@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -37,13 +37,14 @@ from faststream.redis.annotations import RedisBatchStreamMessage
 from faststream.redis.message import FAKE_CONSUMER, BatchStreamMessage
 from faststream.redis.message import RedisBatchStreamMessage as BatchMessage
 from faststream.security import SASLPlaintext
+from opentelemetry.trace import Span
 from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import wire
+from shared import metrics, tracing, wire
 from shared.contracts import DeadLetter
 from shared.delivery import (
     BatchHandler,
@@ -56,6 +57,7 @@ from shared.delivery import (
 )
 from shared.errors import PermanentError, TransientError
 from shared.logging import configure_logging
+from shared.ops_server import OpsServer, ReadinessCheck
 from shared.readiness import ready_key
 from shared.settings import RedisSettings, StreamSettings
 from shared.stage_settings import StageSettings
@@ -68,6 +70,8 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 READY_TTL_S = 15.0
 """A stage's readiness key expires this long after its last renewal (renewed every third)."""
 FASTSTREAM_LOGGER = logging.getLogger("ragstream.faststream")
+Projection = Callable[[Any, Any], None]
+"""Queues the read-model update of one published event on the commit's Redis pipeline."""
 """FastStream's own lines go through the root handler: JSON on stderr like ours."""
 
 
@@ -126,9 +130,13 @@ class Stage:
             log_level=logging.DEBUG,  # per-message "Received/Processed" lines only at DEBUG
         )
         self.subscriptions: list[Subscription[Any]] = []
+        self._projections: dict[str, Projection] = {}
         self._periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._running = False
+        self._ops_server: OpsServer | None = None
+        self._readiness_checks: list[ReadinessCheck] = []
         self.in_flight = InFlight()
         self.failures = Failures(settings.max_deliveries)
         self._untrimmed = {
@@ -144,16 +152,29 @@ class Stage:
         handle: BatchHandler[T],
         on_reject: RejectHook | None = None,
     ) -> None:
+        from typing import Annotated
+
         subscription = Subscription(self, stream, adapter, handle, on_reject)
         self.subscriptions.append(subscription)
+        schema, title = self._payload_schema(adapter)
 
-        async def on_batch(msg: RedisBatchStreamMessage) -> None:
+        async def on_batch(
+            event: Annotated[Any, schema, title], msg: RedisBatchStreamMessage
+        ) -> None:
+            # `event` is never filled (entries are decoded one by one by the subscription, so
+            # that a bad one is dead-lettered alone): it tells FastStream's AsyncAPI document
+            # what an entry carries.
             raw = msg.raw_message
             entries = [
                 Entry(id=i, fields=f) for i, f in zip(raw["message_ids"], raw["data"], strict=True)
             ]
             await subscription.process(entries)
 
+        read_by = f"Read by the {self.name} stage (consumer group `{self.group}`)."
+        fields = type(self.streams).model_fields
+        about = next(
+            (f.description for n, f in fields.items() if getattr(self.streams, n) == stream), None
+        )
         self.broker.subscriber(
             stream=StreamSub(
                 stream,
@@ -166,7 +187,48 @@ class Stage:
             parser=_raw_parser,
             decoder=_no_decode,
             ack_policy=AckPolicy.MANUAL,
+            title=f"{self.name}:{stream}",
+            description=f"{about} {read_by}" if about else read_by,
         )(on_batch)
+        if len(self.subscriptions) == 1:
+            self.publishes(
+                self.streams.dlq,
+                DeadLetter,
+                f"Entries the {self.name} stage could not process, with the reason; the entry's "
+                "original `event` bytes travel beside the DeadLetter in the field `payload`.",
+            )
+
+    def publishes(self, stream: str, model: type[Any] | TypeAdapter[Any], description: str) -> None:
+        """Declare that this stage publishes `model` events on `stream`: for the AsyncAPI
+        document only (`python -m ragstream.asyncapi`), as outputs go out by XADD in `commit`."""
+        from typing import Annotated
+
+        adapter = model if isinstance(model, TypeAdapter) else TypeAdapter(model)
+        schema, title = self._payload_schema(adapter)
+        self.broker.publisher(
+            stream=stream,
+            schema=Annotated[Any, schema, title],
+            title=f"{self.name}:{stream}",
+            description=description,
+        )
+
+    @staticmethod
+    def _payload_schema(adapter: TypeAdapter[Any]) -> tuple[Any, Any]:
+        """Annotations that show an entry's event in AsyncAPI as `adapter`'s JSON schema, named
+        after its model (a union after its members, e.g. `DocUpsertOrDocDelete`)."""
+        from pydantic import Field, GetPydanticSchema
+
+        schema = adapter.json_schema()
+        members = [m["$ref"].rsplit("/", 1)[-1] for m in schema.get("oneOf", ()) if "$ref" in m]
+        return (
+            GetPydanticSchema(get_pydantic_json_schema=lambda _, h: h(adapter.core_schema)),
+            Field(title=schema.get("title") or "Or".join(members) or "Event"),
+        )
+
+    def project(self, stream: str, projection: "Projection") -> None:
+        """Also apply every event this stage publishes on `stream` to a read model, in the same
+        transaction as the XADD (e.g. the embedder's per-doc state, see `shared.doc_state`)."""
+        self._projections[stream] = projection
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -175,14 +237,47 @@ class Stage:
         for subscription in self.subscriptions:
             await ensure_group(self.redis, subscription.stream, self.group)
 
+    async def start_ops_server(self) -> None:
+        """Serve /livez, /readyz and /metrics on `http_port` (first thing at startup)."""
+        tracing.configure_tracing(f"ragstream-{self.name}")
+        if self.settings.http_port and self._ops_server is None:
+            server = OpsServer(self.settings.http_host, self.settings.http_port, self.readiness)
+            await server.start()
+            self._ops_server = server
+
+    def check_ready(self, check: ReadinessCheck) -> None:
+        """Add a readiness condition (e.g. the index answers); it returns what is wrong."""
+        self._readiness_checks.append(check)
+
+    async def readiness(self) -> list[str]:
+        """Why this stage should get no traffic now (empty: ready)."""
+        if self._stopping.is_set():
+            return ["draining after SIGTERM"]
+        if not self._running:
+            return ["starting"]
+        try:
+            async with asyncio.timeout(2.0):
+                for subscription in self.subscriptions:
+                    groups = await self.redis.xinfo_groups(subscription.stream)
+                    if not any(_text(g["name"]) == self.group for g in groups):
+                        return [f"consumer group {self.group} is missing on {subscription.stream}"]
+        except (*REDIS_DOWN, ResponseError, TimeoutError) as exc:
+            return [f"redis: {exc or type(exc).__name__}"]
+        problems: list[str] = []
+        for check in self._readiness_checks:
+            problems.extend(await check())
+        return problems
+
     def every(self, interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
         """Run `job` every `interval_s` seconds while the stage runs (e.g. index compaction)."""
         self._periodic.append((interval_s, job))
 
     async def start_background(self) -> None:
         self._stopping = asyncio.Event()
+        self._running = True
         if self.subscriptions:
             await self._announce()
+            self.every(self.settings.metrics_interval_s, self._sample_groups)
             self.every(READY_TTL_S / 3, self._announce)
             self.every(self.settings.reclaim_interval_s, self._reclaim_all)
             self.every(self.settings.reclaim_idle_ms / 3000, self._heartbeat)
@@ -207,7 +302,7 @@ class Stage:
         return FastStream(
             self.broker,
             logger=FASTSTREAM_LOGGER,
-            on_startup=[self.start],
+            on_startup=[self.start_ops_server, self.start],
             after_startup=[self.start_background],
             on_shutdown=[self.begin_stop],
             after_shutdown=[self.stop],
@@ -246,6 +341,9 @@ class Stage:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.redis.aclose()
+        if self._ops_server is not None:
+            await self._ops_server.stop()
+            self._ops_server = None
 
     # ---- publishing and acking ---------------------------------------------------------------
 
@@ -262,7 +360,9 @@ class Stage:
         """Publish now, outside any ack (e.g. streamed answer deltas)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in publications:
-                self._xadd(pipe, p.stream, wire.encode(p.event))
+                fields = wire.encode(p.event)
+                tracing.inject(fields)
+                self._xadd(pipe, p.stream, fields)
             await pipe.execute()
 
     async def commit(
@@ -271,8 +371,11 @@ class Stage:
         entries: Sequence[Entry],
         outcomes: dict[bytes, Outcome],
         deliveries: Sequence[int] = (),
+        spans: Mapping[bytes, Span] | None = None,
     ) -> None:
         """Publish every outcome and XACK its entry in one MULTI/EXEC transaction.
+
+        An output carries the trace context of its entry's span (from `spans`), if traced.
 
         Entries without an outcome are left pending. If Redis is unreachable the transaction is
         retried (the work is done, only its hand-off is missing) for `transient_retry_s`.
@@ -283,7 +386,7 @@ class Stage:
         delay = 0.1
         while True:
             try:
-                await self._commit_once(subscription, entries, outcomes, deliveries)
+                await self._commit_once(subscription, entries, outcomes, deliveries, spans or {})
                 return
             except REDIS_DOWN as exc:
                 if time.monotonic() + delay > deadline:
@@ -298,8 +401,10 @@ class Stage:
         entries: Sequence[Entry],
         outcomes: dict[bytes, Outcome],
         deliveries: Sequence[int],
+        spans: Mapping[bytes, Span],
     ) -> None:
         acked: list[bytes] = []
+        dead = 0
         async with self.redis.pipeline(transaction=True) as pipe:
             for index, entry in enumerate(entries):
                 outcome = outcomes.get(entry.id)
@@ -307,15 +412,26 @@ class Stage:
                     continue
                 acked.append(entry.id)
                 if isinstance(outcome, PermanentError):
+                    dead += 1
                     count = deliveries[index] if deliveries else 1
                     self._dead_letter(pipe, subscription.stream, entry, outcome.reason, count)
                     hook = subscription.on_reject
                     outcome = hook(entry, outcome.reason) if hook is not None else ()
+                span = spans.get(entry.id)
                 for p in outcome:
-                    self._xadd(pipe, p.stream, wire.encode(p.event))
+                    fields = wire.encode(p.event)
+                    if span is not None:
+                        tracing.inject(fields, span)
+                    self._xadd(pipe, p.stream, fields)
+                    projection = self._projections.get(p.stream)
+                    if projection is not None:
+                        projection(pipe, p.event)
             pipe.xack(subscription.stream, self.group, *acked)
             await pipe.execute()
         self.failures.forget(acked)
+        metrics.acked.labels(self.name, subscription.stream).inc(len(acked))
+        if dead:
+            metrics.dead_lettered.labels(self.name, subscription.stream).inc(dead)
 
     def _dead_letter(self, pipe: Any, stream: str, entry: Entry, reason: str, count: int) -> None:
         subject = wire.subject_of(entry.fields)
@@ -384,12 +500,29 @@ class Stage:
                 )
                 counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
                 log.info("reclaimed", stream=subscription.stream, entries=len(entries))
+                metrics.redelivered.labels(self.name, subscription.stream).inc(len(entries))
                 await subscription.process(entries, [counts.get(e.id, 1) for e in entries])
                 total += len(entries)
             if next_id in (b"0-0", "0-0"):
                 break
             start = next_id
         return total
+
+    async def _sample_groups(self) -> None:
+        """Export the group's lag and pending count per input stream (sampled, not counted)."""
+        for subscription in self.subscriptions:
+            try:
+                groups = await self.redis.xinfo_groups(subscription.stream)
+            except (*REDIS_DOWN, ResponseError) as exc:
+                log.warning("group sampling failed", stream=subscription.stream, reason=str(exc))
+                continue
+            for group in groups:
+                if _text(group["name"]) != self.group:
+                    continue
+                labels = (self.name, subscription.stream, self.group)
+                metrics.group_pending.labels(*labels).set(int(group["pending"]))
+                if group.get("lag") is not None:  # unknown after some trims (Redis docs)
+                    metrics.group_lag.labels(*labels).set(int(group["lag"]))
 
     async def maintain(self) -> None:
         """Trim acknowledged entries from the input streams; remove stale consumers."""
@@ -405,6 +538,10 @@ class Stage:
                 )
             except REDIS_DOWN as exc:
                 log.warning("maintenance failed", stream=subscription.stream, reason=str(exc))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 __all__ = [

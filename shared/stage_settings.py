@@ -58,3 +58,13 @@ class StageSettings(BaseSettings):
         default=30.0, description="On SIGTERM: time to finish and ack in-flight work."
     )
     log_level: str = Field(default="INFO", description="Log level.")
+    http_host: str = Field(default="0.0.0.0", description="Address of /livez, /readyz, /metrics.")
+    http_port: int = Field(
+        default=9000,
+        ge=0,
+        le=65535,
+        description="Port of /livez, /readyz and /metrics; 0: no HTTP server.",
+    )
+    metrics_interval_s: float = Field(
+        default=15.0, gt=0, description="How often the group's lag and pending count are sampled."
+    )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import structlog
 from pydantic import TypeAdapter
 
-from shared import wire
+from shared import metrics, tracing, wire
 from shared.delivery import BatchHandler, Entry, Outcome, RejectHook
 from shared.errors import PermanentError, TransientError
 
@@ -47,6 +47,11 @@ class Subscription(Generic[T]):
     async def process(self, entries: Sequence[Entry], deliveries: Sequence[int] = ()) -> None:
         """Decode, handle and commit `entries`; whatever is not committed stays pending."""
         stage, settings = self.stage, self.stage.settings
+        started = time.perf_counter()
+        labels = (stage.name, self.stream)
+        metrics.consumed.labels(*labels).inc(len(entries))
+        metrics.batch_size.labels(*labels).observe(len(entries))
+        spans = tracing.entry_spans(stage.name, self.stream, entries)
         with stage.in_flight.holding(self.stream, entries):
             outcomes: dict[bytes, Outcome] = {}
             good: list[tuple[Entry, T]] = []
@@ -66,7 +71,11 @@ class Subscription(Generic[T]):
                     good.append((entry, event))
             if good:
                 outcomes.update(await self._handle_isolating(good))
-            await stage.commit(self, entries, outcomes, deliveries)
+            try:
+                await stage.commit(self, entries, outcomes, deliveries, spans)
+            finally:
+                tracing.end_spans(spans, outcomes)
+                metrics.handle_seconds.labels(*labels).observe(time.perf_counter() - started)
 
     async def _handle_isolating(self, good: list[tuple[Entry, T]]) -> dict[bytes, Outcome]:
         """Handle the batch; if it raises, handle entry by entry so one poison entry cannot

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ragstream.redis_server import RedisServer, start_server
+from ragstream.redis_server import RedisServer, free_port, start_server
 from ragstream.weaviate_server import WeaviateServer, start_weaviate
 from shared.readiness import ready_key
 from shared.settings import StoreSettings, StreamSettings, store_env
@@ -150,6 +150,7 @@ class Cluster:
             "OPENBLAS_NUM_THREADS": "1",
             "RAG_EMBEDDING_THREADS": "1",
             "POD_NAME": consumer,
+            prefix + "HTTP_PORT": str(free_port()),
             **{f"RAG_STREAM_{k.upper()}": str(v) for k, v in self.streams.model_dump().items()},
             **{prefix + key: value for key, value in FAST_FAILOVER.items()},
         }

@@ -7,11 +7,13 @@ from functools import partial
 
 from services.embedder.indexing import index_batch
 from services.embedder.settings import EmbedderSettings
-from shared.contracts import CHUNK_EVENT
+from shared import doc_state
+from shared.contracts import CHUNK_EVENT, DocIndexed
 from shared.embedding import SentenceTransformerEmbedder
 from shared.settings import EmbeddingSettings, StoreSettings
 from shared.stage import Stage
 from shared.store.factory import open_store
+from shared.store.readiness import index_answers
 
 settings = EmbedderSettings()
 stage = Stage("embedder", settings)
@@ -22,9 +24,19 @@ stage.subscribe(
     CHUNK_EVENT,
     partial(index_batch, embedder=embedder, store=store, out_stream=stage.streams.indexed),
 )
+stage.publishes(
+    stage.streams.indexed,
+    DocIndexed,
+    "Freshness acks: the doc version the index now serves (`indexed`, `deleted`), or `stale` "
+    "when an older version than the index holds was dropped.",
+)
+stage.project(
+    stage.streams.indexed, partial(doc_state.record, indexed_stream=stage.streams.indexed)
+)
 stage.every(
     settings.optimize_check_s,
     partial(store.optimize, min_new_versions=settings.optimize_after_versions),
 )
+stage.check_ready(index_answers(store))
 app = stage.app()
 app.after_shutdown(store.close)

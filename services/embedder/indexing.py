@@ -6,6 +6,7 @@ from datetime import datetime
 import numpy as np
 import structlog
 
+from shared import metrics
 from shared.chunk_text import embedding_text
 from shared.contracts import ChunkedDoc, DocDelete, DocIndexed, IndexOutcome
 from shared.contracts.base import utcnow
@@ -106,6 +107,8 @@ async def index_batch(
             n_chunks=ack.n_chunks,
             freshness_ms=round(ack.freshness_ms, 1),
         )
+        if ack.outcome is not IndexOutcome.STALE:
+            metrics.doc_freshness_seconds.labels("embedder").observe(ack.freshness_ms / 1000)
         outcomes.append([Publication(out_stream, ack)])
     return outcomes
 

@@ -8,6 +8,7 @@ import structlog
 from services.generator.chat import ChatBackend
 from services.generator.generation import generate
 from services.generator.settings import GeneratorSettings
+from shared import metrics
 from shared.contracts import Answer, Reranked
 from shared.contracts.base import utcnow
 from shared.errors import PermanentError
@@ -42,6 +43,9 @@ async def answer_one(
         if final is None:  # generate() always ends with an Answer
             raise RuntimeError("generator produced no answer")
         total_ms = (utcnow() - query.emitted_at).total_seconds() * 1000
+        metrics.query_latency_seconds.labels("generator").observe(total_ms / 1000)
+        metrics.llm_tokens.labels("prompt").inc(final.usage.prompt_tokens)
+        metrics.llm_tokens.labels("completion").inc(final.usage.completion_tokens)
         final = final.model_copy(
             update={"timings": final.timings.model_copy(update={"total_ms": total_ms})}
         )

@@ -6,6 +6,7 @@ import structlog
 
 from services.reranker.reranking import Reranker, rerank
 from services.reranker.settings import RerankerSettings
+from shared import metrics
 from shared.contracts import Reranked, Retrieved
 from shared.stage import Outcome, Publication
 
@@ -45,5 +46,6 @@ async def rerank_batch(
             rerank_degraded=result.degraded,
             timings=retrieved.timings.model_copy(update={"rerank_ms": result.rerank_ms}),
         )
+        metrics.observe_since(metrics.query_latency_seconds, "reranker", query.emitted_at)
         outcomes.append([Publication(out_stream, reranked)])
     return outcomes

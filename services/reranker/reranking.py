@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from shared import metrics
 from shared.contracts.queries import Candidate, Query
 from shared.errors import RagStreamError
 from shared.logging import get_logger
@@ -154,14 +155,16 @@ async def rerank(
             scores = await reranker.score(query.text, passages)
         _check_scores(scores, len(passages), reranker.name)
     except TimeoutError:
-        reason = f"rerank timed out after {budget_ms:g} ms"
+        kind, reason = "timeout", f"rerank timed out after {budget_ms:g} ms"
     except RerankError as exc:
-        reason = exc.reason
+        kind, reason = "provider", exc.reason
     except Exception as exc:
         log.warning("rerank_error", query_id=query.query_id, reranker=reranker.name, exc_info=True)
+        kind = "error"
         reason = one_line(f"{reranker.name} rerank failed: {type(exc).__name__}: {exc}")
     else:
         keys = blended(head, scores, fused_weight) if fused_weight > 0 else None
         return outcome([*order_by_scores(head, scores, keys), *tail])
     log.warning("rerank_degraded", query_id=query.query_id, reranker=reranker.name, reason=reason)
+    metrics.rerank_degraded.labels(kind).inc()
     return outcome(fused, reason)

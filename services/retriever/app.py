@@ -13,6 +13,7 @@ from shared.replies import error_answer
 from shared.settings import EmbeddingSettings, StoreSettings
 from shared.stage import Stage
 from shared.store.factory import open_store
+from shared.store.readiness import index_answers
 
 settings = RetrieverSettings()
 stage = Stage("retriever", settings)
@@ -30,5 +31,6 @@ stage.subscribe(
     ),
     on_reject=lambda entry, reason: error_answer(entry, reason, stage.streams),
 )
+stage.check_ready(index_answers(store))
 app = stage.app()
 app.after_shutdown(store.close)

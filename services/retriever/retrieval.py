@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import structlog
 
 from services.retriever.settings import RetrieverSettings
+from shared import metrics
 from shared.contracts import Candidate, Query, Retrieved, StageTimings
 from shared.embedding import Embedder, encode_async
 from shared.errors import PermanentError
@@ -80,5 +81,6 @@ async def retrieve_batch(
             candidates=tuple(candidate_of(h) for h in hits),
             timings=StageTimings(retrieve_ms=retrieve_ms),
         )
+        metrics.observe_since(metrics.query_latency_seconds, "retriever", query.emitted_at)
         outcomes.append([Publication(streams.retrieved, retrieved)])
     return outcomes

@@ -1,0 +1,71 @@
+"""What the index serves per document, as a Redis hash kept beside the freshness acks.
+
+The embedder records every `DocIndexed` ack it publishes (in the same MULTI/EXEC as the ack), so
+clients that only reach Redis (the gateway, `ragstream status`) can answer "which version of doc
+X is searchable, in how many chunks" without access to the index. A recorded version never goes
+backwards: two embedder replicas may commit v5 and v6 of a doc in either order, and a stale ack
+(an older version the index dropped) changes nothing.
+"""
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis
+
+from shared.contracts import DocIndexed, IndexOutcome
+
+_RECORD_IF_NEWER = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current and tonumber(cjson.decode(current)['version']) > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+
+class DocState(BaseModel):
+    """The version of a document the index serves (`deleted`: none, since that version)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    doc_id: str
+    version: int
+    deleted: bool
+    n_chunks: int
+    indexed_at: datetime
+
+
+def state_key(indexed_stream: str) -> str:
+    """The hash beside the freshness stream (one per pipeline, like the stream names)."""
+    return f"{indexed_stream}:state"
+
+
+def record(pipe: Any, event: DocIndexed, *, indexed_stream: str) -> None:
+    """Queue the recording of `event` on a Redis pipeline (called inside the ack transaction)."""
+    if event.outcome is IndexOutcome.STALE:
+        return
+    state = DocState(
+        doc_id=event.doc_id,
+        version=event.version,
+        deleted=event.outcome is IndexOutcome.DELETED,
+        n_chunks=event.n_chunks,
+        indexed_at=event.indexed_at,
+    )
+    value = state.model_dump_json(exclude={"doc_id"})
+    pipe.eval(_RECORD_IF_NEWER, 1, state_key(indexed_stream), event.doc_id, event.version, value)
+
+
+async def read(redis: Redis, indexed_stream: str, doc_id: str) -> DocState | None:
+    """The recorded state of `doc_id`, or None if the index never acknowledged it."""
+    raw = await redis.hget(state_key(indexed_stream), doc_id)
+    if raw is None:
+        return None
+    return DocState.model_validate({**json.loads(raw), "doc_id": doc_id})
+
+
+async def count(redis: Redis, indexed_stream: str) -> int:
+    """How many documents have a recorded state (deleted ones included)."""
+    return int(await redis.hlen(state_key(indexed_stream)))
