@@ -5,7 +5,7 @@ from functools import partial
 from services.chunker.chunking import Chunker, load_tokenizer
 from services.chunker.events import chunk_batch_async
 from services.chunker.settings import ChunkerSettings
-from shared.contracts import DOC_EVENT
+from shared.contracts import CHUNK_EVENT, DOC_EVENT
 from shared.stage import Stage
 
 settings = ChunkerSettings()
@@ -20,5 +20,10 @@ stage.subscribe(
         max_chunks=settings.max_chunks_per_doc,
         out_stream=stage.streams.chunks,
     ),
+)
+stage.publishes(
+    stage.streams.chunks,
+    CHUNK_EVENT,
+    "A doc version's complete, ordered chunk list (ChunkedDoc); a delete passes through.",
 )
 app = stage.app()

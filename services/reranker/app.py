@@ -8,7 +8,7 @@ from functools import partial
 from services.reranker.events import rerank_batch
 from services.reranker.factory import build_reranker
 from services.reranker.settings import RerankerSettings
-from shared.contracts.queries import RETRIEVED
+from shared.contracts.queries import RETRIEVED, Reranked
 from shared.stage import Stage
 
 settings = RerankerSettings()
@@ -18,6 +18,9 @@ stage.subscribe(
     stage.streams.retrieved,
     RETRIEVED,
     partial(rerank_batch, reranker=reranker, settings=settings, out_stream=stage.streams.reranked),
+)
+stage.publishes(
+    stage.streams.reranked, Reranked, "Each query with its top-n candidates in final order."
 )
 app = stage.app()
 if reranker is not None:

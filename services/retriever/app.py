@@ -7,6 +7,7 @@ from functools import partial
 
 from services.retriever.retrieval import retrieve_batch
 from services.retriever.settings import RetrieverSettings
+from shared.contracts import Answer, Retrieved
 from shared.contracts.queries import QUERY
 from shared.embedding import SentenceTransformerEmbedder
 from shared.replies import error_answer
@@ -30,6 +31,13 @@ stage.subscribe(
         streams=stage.streams,
     ),
     on_reject=lambda entry, reason: error_answer(entry, reason, stage.streams),
+)
+stage.publishes(stage.streams.retrieved, Retrieved, "Each query with its fused top-k candidates.")
+stage.publishes(
+    stage.streams.answers,
+    Answer,
+    "Error answers (`error` set) to rejected queries, on the query's `reply_to` if it is "
+    "`rag.answers` or under it, else on `rag.answers`.",
 )
 stage.check_ready(index_answers(store))
 app = stage.app()
