@@ -1,0 +1,3 @@
+from services.gateway.serve import main
+
+main()
