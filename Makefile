@@ -42,9 +42,9 @@ redis70:
 
 test: lint weaviate redis70
 	HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
-	# The integration and fault suites again, on Redis 7.0 instead of Valkey.
+	# The integration, fault, gateway and CLI suites again, on Redis 7.0 instead of Valkey.
 	RAGSTREAM_REDIS_SERVER=$(REDIS70) HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 \
-	  $(PY) -m pytest tests/integration tests/faults
+	  $(PY) -m pytest tests/integration tests/faults tests/gateway tests/cli
 
 clean:
 	rm -rf $(VENV) .ragstream

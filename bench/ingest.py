@@ -8,7 +8,9 @@ or a new collection in WEAVIATE_URL's Weaviate or in a local one), then:
 1. bulk: publishes every doc at once and waits for all `rag.indexed` acks (docs/s);
 2. ceiling: encodes a sample of the same chunk texts in-process, no queue (docs/s);
 3. updates: changes `--updates` docs one at a time on the loaded index, each waited for, so
-   freshness (emitted → indexed and searchable) is measured without queueing behind a backlog.
+   freshness (emitted → indexed and searchable) is measured without queueing behind a backlog;
+4. instrumentation: what the runtime's metrics (and tracing, if on) cost as a share of the
+   stages' handling time (bench/instrumentation.py).
 Prints one JSON line.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from bench.index import bench_store
+from bench.instrumentation import overhead
 from ragstream.allinone import running
 from ragstream.ingest import (
     IngestReport,
@@ -108,6 +111,7 @@ def main() -> None:
         running(Path(tmp), stages=STAGES, extra_env=store_env(store)) as pipeline,
     ):
         result = asyncio.run(run(args, pipeline.redis_url, docs))
+        result["instrumentation"] = overhead(pipeline.http_ports)
     ceiling = encode_ceiling(docs, args.ceiling_sample)
     bulk = result["bulk"]
     assert isinstance(bulk, dict)

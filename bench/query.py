@@ -7,7 +7,8 @@
 Starts all five stages on an embedded server with a fresh index (or the existing one at
 RAG_STORE_LANCEDB_PATH when --corpus is omitted), ingests the corpus, then asks
 `--n` queries one at a time. Prints one JSON line: p50/p95 of retrieve, rerank, generate and
-end-to-end milliseconds. Reranker and generator backends come from the usual env settings.
+end-to-end milliseconds, and what the runtime's instrumentation costs per stage as a share of
+its handling time. Reranker and generator backends come from the usual env settings.
 """
 
 import argparse
@@ -23,6 +24,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from bench.index import bench_store
+from bench.instrumentation import overhead
 from ragstream.allinone import running
 from ragstream.ingest import ingest, load_documents, percentile
 from shared.client import ask
@@ -102,6 +104,7 @@ def main() -> None:
             env = store_env(stack.enter_context(bench_store(args.store, tmp)))
         pipeline = stack.enter_context(running(tmp, extra_env=env))
         result = asyncio.run(run(pipeline.redis_url, args.corpus, queries, args.limit_docs))
+        result["instrumentation"] = overhead(pipeline.http_ports)
     result["store"] = args.store if args.corpus is not None else "existing"
     result["reranker"] = os.environ.get("RAG_RERANKER_BACKEND", "none")
     result["generator"] = os.environ.get("RAG_GENERATOR_BACKEND", "extractive")

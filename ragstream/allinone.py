@@ -22,6 +22,10 @@ STAGES = ("chunker", "embedder", "retriever", "reranker", "generator")
 URL_FILE = "redis-url"
 
 
+class StageFailed(RuntimeError):
+    """A stage process exited, or did not get ready in time."""
+
+
 def stage_log_env(environ: Mapping[str, str]) -> dict[str, str]:
     """How stage processes log: in a terminal (see `shared.logging.resolve_format`) for people
     and only warnings and up, unless `RAG_<STAGE>_LOG_LEVEL` says otherwise, so that their
@@ -66,13 +70,14 @@ class Pipeline:
 
     def start_stage(self, stage: str, extra_env: dict[str, str] | None = None) -> None:
         """Start `stage`; its /livez, /readyz and /metrics go on a free port (`http_ports`)
-        unless `RAG_<STAGE>_HTTP_PORT` is set."""
+        unless `RAG_<STAGE>_HTTP_PORT` is set. In a session of its own: Ctrl-C in a terminal
+        reaches this process only, which stops the stages in order (`stop`)."""
         env = {**self.env(), **(extra_env or {})}
         port_var = f"RAG_{stage.upper()}_HTTP_PORT"
         env.setdefault(port_var, str(free_port()))
         self.http_ports[stage] = int(env[port_var])
         self.children[stage] = subprocess.Popen(
-            [sys.executable, "-m", "ragstream", "run", stage], env=env
+            [sys.executable, "-m", "ragstream", "run", stage], env=env, start_new_session=True
         )
 
     def wait_ready(
@@ -96,7 +101,7 @@ class Pipeline:
                             on_ready(stage)
                         break
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"stage {stage} not ready after {timeout:.0f} s")
+                        raise StageFailed(f"stage {stage} not ready after {timeout:.0f} s")
                     time.sleep(0.2)
         finally:
             client.close()
@@ -104,7 +109,7 @@ class Pipeline:
     def _check_alive(self, stage: str) -> None:
         child = self.children.get(stage)
         if child is not None and child.poll() is not None:
-            raise RuntimeError(f"stage {stage} exited with code {child.returncode}")
+            raise StageFailed(f"stage {stage} exited with code {child.returncode}")
 
     def stop(self, grace_s: float = 30.0) -> None:
         for child in self.children.values():

@@ -9,81 +9,115 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 
 from ragstream import allinone
 from ragstream.evaluation.arguments import add_eval_arguments, add_train_arguments
+from ragstream.output import START_HINT, CommandFailed, Output, redacted
+from shared.logging import FORMAT_CHOICES, FORMAT_ENV, configure_logging, resolve_format
 
 DATA_DIR = Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
 err = Console(stderr=True)
 out = Console()
+Command = Callable[[argparse.Namespace, Output], int]
 
 
 def _redis_url() -> str:
     return allinone.configured_redis_url(DATA_DIR) or "redis://127.0.0.1:6379/0"
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """One stage in the foreground: what a Kubernetes Deployment starts."""
+def _redis() -> Redis:
+    return Redis.from_url(_redis_url())
+
+
+def cmd_run(args: argparse.Namespace, say: Output) -> int:
+    """One stage (or the gateway) in the foreground: what a Kubernetes Deployment starts."""
+    structlog.contextvars.bind_contextvars(stage=args.stage)  # on each of its log lines
+    if args.stage == "gateway":
+        from services.gateway.serve import main as serve_gateway
+
+        serve_gateway()
+        return 0
     module = importlib.import_module(f"services.{args.stage}.app")
     asyncio.run(module.app.run())
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def cmd_up(args: argparse.Namespace, say: Output) -> int:
     env: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         if args.llm == "local":
             from ragstream.local_llm import start_local_llm
 
-            llm = start_local_llm()
+            try:
+                llm = start_local_llm()
+            except (RuntimeError, TimeoutError) as exc:
+                raise CommandFailed("local llm unavailable", f"local LLM: {exc}") from None
             stack.callback(llm.stop)
-            err.print(f"local LLM (SmolLM2 on llama.cpp) at {llm.base_url}")
+            say.ok("llm ready", f"local LLM (SmolLM2 on llama.cpp) at {llm.base_url}")
             env |= llm.env()
         from shared.settings import StoreSettings
 
         if (args.store or StoreSettings().backend) == "weaviate":
-            env |= _weaviate_env(stack)
+            env |= _weaviate_env(stack, say)
         else:
             env["RAG_STORE_BACKEND"] = "lancedb"
-        return _up(env)
+        return _up(env, say)
     raise AssertionError("unreachable")
 
 
-def _weaviate_env(stack: contextlib.ExitStack) -> dict[str, str]:
+def _weaviate_env(stack: contextlib.ExitStack, say: Output) -> dict[str, str]:
     """`WEAVIATE_URL` if set (an existing cluster), else a local server, started here."""
     from ragstream.weaviate_server import configured_or_local
     from shared.settings import store_env
 
-    with err.status("Weaviate: WEAVIATE_URL, else a local server (a first run builds it)…"):
+    with say.status("Weaviate: WEAVIATE_URL, else a local server (a first run builds it)…"):
         settings = stack.enter_context(configured_or_local(DATA_DIR / "weaviate"))
-    err.print(f"Weaviate at {settings.weaviate_url}")
+    say.ok("weaviate ready", f"Weaviate at {settings.weaviate_url}", url=settings.weaviate_url)
     return store_env(settings)
 
 
-def _up(extra_env: dict[str, str]) -> int:
+def _up(extra_env: dict[str, str], say: Output) -> int:
     pipeline = allinone.start_pipeline(DATA_DIR, allinone.env_redis_url(), extra_env=extra_env)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    url = redacted(pipeline.redis_url)
     try:
-        pipeline.wait_ready(allinone.STAGES)
-        err.print(f"[green]ragstream is up[/] on {pipeline.redis_url} (Ctrl-C to stop)")
+        if pipeline.server is not None:
+            say.ok("redis ready", f"Redis (embedded) at {url}", url=url)
+        with say.status("starting the stages…"):
+            pipeline.wait_ready(
+                allinone.STAGES,
+                on_ready=lambda stage: say.stage_ready(stage, pipeline.http_ports.get(stage)),
+            )
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        text = f"ragstream is up on {url}: Ctrl-C stops it, `ragstream status` looks in"
+        say.ok("up", text, url=url)
         while not stop.wait(1.0):
             for stage, child in pipeline.children.items():
                 if child.poll() is not None:
-                    err.print(f"[yellow]stage {stage} exited ({child.returncode}); restarting[/]")
+                    text = f"{stage} exited with code {child.returncode}; restarting"
+                    say.warn("stage restarted", text, stage=stage, code=child.returncode)
                     pipeline.start_stage(stage, extra_env)
+    except allinone.StageFailed as exc:
+        say.fail("stage failed", str(exc))
+        return 1
     finally:
-        err.print("stopping…")
-        pipeline.stop()
+        with say.status("stopping…"):
+            pipeline.stop()
+        say.ok("stopped", "stopped")
     return 0
 
 
-def cmd_weaviate(args: argparse.Namespace) -> int:
+def cmd_weaviate(args: argparse.Namespace, say: Output) -> int:
     """`build`: the pinned server, once, into the cache; `serve`: run it until Ctrl-C."""
     from ragstream.weaviate_server import (
         WEAVIATE_TAG,
@@ -116,84 +150,132 @@ def cmd_weaviate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from redis.asyncio import Redis
+def cmd_ingest(args: argparse.Namespace, say: Output) -> int:
+    from ragstream.ingest import IngestReport, ingest, load_documents
+    from ragstream.stage_watch import watching
+    from shared.settings import StreamSettings
 
-    from ragstream.ingest import ingest, load_documents
-
-    docs = load_documents(Path(args.path))
+    try:
+        docs = load_documents(Path(args.path))
+    except (OSError, ValueError) as exc:
+        raise CommandFailed("unreadable input", str(exc)) from None
     if not docs:
-        err.print(f"[red]no documents found in {args.path}[/]")
-        return 1
+        raise CommandFailed("no documents", f"no documents found in {args.path}")
+    streams = StreamSettings()
+    readers = [("chunker", streams.docs), ("embedder", streams.chunks)]
 
-    async def run() -> dict[str, object]:
-        redis = Redis.from_url(_redis_url())
+    async def run() -> IngestReport:
+        redis = _redis()
         try:
-            with Progress(
-                TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=err,
-            ) as progress:  # fmt: skip
-                task = progress.add_task("indexing", total=len(docs))
-                report = await ingest(
-                    redis, docs, timeout_s=args.timeout,
-                    on_progress=lambda n: progress.advance(task, n),
-                )  # fmt: skip
+            with say.progress("indexed", len(docs)) as advance:
+                async with watching(redis, readers, say.stage_absent):
+                    return await ingest(
+                        redis, docs, streams=streams, timeout_s=args.timeout,
+                        on_progress=advance, on_connection=say.connection,
+                    )  # fmt: skip
         finally:
             await redis.aclose()
-        for letter in report.dead_letters:
-            err.print(f"[yellow]dead-lettered[/] {letter.doc_id}: {letter.reason}")
-        return report.summary()
 
-    summary = asyncio.run(run())
-    out.print_json(json.dumps(summary))
-    settled = int(summary["indexed"]) + int(summary["stale"]) + int(summary["dead_lettered"])  # type: ignore[call-overload]
-    return 0 if settled == len(docs) else 1
+    report = asyncio.run(run())
+    for letter in report.dead_letters:
+        text = f"dead-lettered {letter.doc_id}: {letter.reason}"
+        say.warn("dead-lettered", text, doc_id=letter.doc_id, reason=letter.reason)
+    as_json = args.json or not out.is_terminal
+    if as_json:
+        out.print_json(json.dumps(report.summary()))
+    settled = len(report.outcomes)
+    if settled < len(docs):
+        raise CommandFailed(
+            "ingest timed out",
+            f"timed out after {args.timeout:g} s: {settled:,} of {len(docs):,} docs acknowledged "
+            "(`ragstream status` shows where the rest are)",
+            settled=settled, docs=len(docs),
+        )  # fmt: skip
+    if not as_json:
+        out.print(f"[green]✓[/] {escape(report.describe())}", highlight=False, soft_wrap=True)
+    return 0
 
 
-def cmd_ask(args: argparse.Namespace) -> int:
-    from redis.asyncio import Redis
-
+def cmd_ask(args: argparse.Namespace, say: Output) -> int:
     from ragstream.render import print_answer
+    from ragstream.stage_watch import watching
     from shared.client import ask
-    from shared.contracts import AnswerDelta
+    from shared.contracts import Answer, AnswerDelta
+    from shared.settings import StreamSettings
+
+    streams = StreamSettings()
+    readers = [
+        ("retriever", streams.queries),
+        ("reranker", streams.retrieved),
+        ("generator", streams.reranked),
+    ]
 
     def show_delta(delta: AnswerDelta) -> None:
         if not args.json:
             out.print(delta.text, end="", soft_wrap=True, highlight=False)
 
-    async def run() -> int:
-        redis = Redis.from_url(_redis_url())
+    async def run() -> Answer:
+        redis = _redis()
         try:
-            answer = await ask(
-                redis, args.question, timeout=args.timeout, top_n=args.top_n,
-                stream=args.stream, on_delta=show_delta,
-            )  # fmt: skip
+            async with watching(redis, readers, say.stage_absent) as absent:
+                try:
+                    return await ask(
+                        redis, args.question, timeout=args.timeout, top_n=args.top_n,
+                        stream=args.stream, on_delta=show_delta,
+                    )  # fmt: skip
+                except TimeoutError:
+                    why = f": no {absent[0]} is running ({START_HINT})" if absent else ""
+                    text = f"no answer within {args.timeout:g} s{why}"
+                    raise CommandFailed("no answer", text, timeout_s=args.timeout) from None
         finally:
             await redis.aclose()
-        if args.stream and not args.json:
-            out.print()
-        if args.json:
-            out.print_json(answer.model_dump_json())
-        else:
-            print_answer(out, args.question, answer)
-        return 1 if answer.error else 0
 
-    return asyncio.run(run())
+    answer = asyncio.run(run())
+    if args.stream and not args.json:
+        out.print()
+    if args.json:
+        out.print_json(answer.model_dump_json())
+    else:
+        print_answer(out, args.question, answer)
+    return 1 if answer.error else 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace, say: Output) -> int:
+    from ragstream import status_view
+    from ragstream.status import gather
+
+    async def run() -> None:
+        redis = _redis()
+        try:
+            if args.watch is None:
+                status = await gather(redis, minutes=args.minutes)
+                status_view.show(status, out, as_json=args.json)
+            else:
+                await status_view.watch(
+                    redis, out, interval_s=args.watch, minutes=args.minutes, as_json=args.json
+                )
+        finally:
+            await redis.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, say: Output) -> int:
     from ragstream.demo import run_demo
 
-    return run_demo(DATA_DIR / "demo", out)
+    try:
+        return run_demo(DATA_DIR / "demo", out, on_ready=say.stage_ready)
+    except (allinone.StageFailed, TimeoutError) as exc:
+        raise CommandFailed("demo failed", str(exc)) from None
 
 
-def cmd_dlq(args: argparse.Namespace) -> int:
-    from redis.asyncio import Redis
-
+def cmd_dlq(args: argparse.Namespace, say: Output) -> int:
     from ragstream import dlq
 
     async def run() -> int:
-        redis = Redis.from_url(_redis_url())
+        redis = _redis()
         try:
             return await dlq.run(args, redis, out)
         finally:
@@ -202,13 +284,13 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace, say: Output) -> int:
     from ragstream.evaluation.commands import run_eval
 
     return run_eval(args, out, err)
 
 
-def cmd_train_reranker(args: argparse.Namespace) -> int:
+def cmd_train_reranker(args: argparse.Namespace, say: Output) -> int:
     from ragstream.evaluation.commands import run_train_reranker
 
     return run_train_reranker(args, out, err)
@@ -216,10 +298,15 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragstream", description=__doc__)
+    parser.add_argument(
+        "--log-format", choices=FORMAT_CHOICES, default="auto",
+        help="auto (default): lines for people on a terminal, JSON log lines otherwise; "
+        "also how the stages `up` and `demo` start log",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run one stage in the foreground")
-    run.add_argument("stage", choices=allinone.STAGES)
+    run = sub.add_parser("run", help="run one stage (or the HTTP gateway) in the foreground")
+    run.add_argument("stage", choices=(*allinone.STAGES, "gateway"))
     run.set_defaults(func=cmd_run)
 
     up = sub.add_parser("up", help="run every stage; starts an embedded Redis if none is set")
@@ -241,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="publish a folder of .md/.txt or a JSONL and wait")
     ingest.add_argument("path")
     ingest.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait")
+    ingest.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (the default off a terminal)"
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     ask = sub.add_parser("ask", help="ask a question; prints the answer with its sources")
@@ -253,6 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start everything, ingest the sample corpus, ask, stop")
     demo.set_defaults(func=cmd_demo)
+
+    status = sub.add_parser("status", help="streams, lag, pending, dead letters, index, freshness")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )  # fmt: skip
+    status.add_argument(
+        "--minutes", type=float, default=5.0, help="freshness over the last N minutes (default 5)"
+    )
+    status.set_defaults(func=cmd_status)
 
     from ragstream.dlq import add_parser as add_dlq_parser
 
@@ -270,4 +371,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    if args.log_format != "auto":
+        os.environ[FORMAT_ENV] = args.log_format  # also for the stages this starts
+    fmt = resolve_format(args.log_format)
+    configure_logging("INFO" if fmt == "json" else "WARNING", json=fmt == "json")
+    say = Output(fmt, err)
+    command: Command = args.func
+    try:
+        code = command(args, say)
+    except CommandFailed as exc:
+        say.fail(exc.event, exc.text, **exc.fields)
+        code = 1
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        url = redacted(_redis_url())
+        text = f"Redis unreachable at {url} ({exc}): {START_HINT}, or set REDIS_URL"
+        say.fail("redis unreachable", text, url=url, reason=str(exc))
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,19 +1,30 @@
 """`ragstream ingest`: publish doc-change events and wait until the index acknowledges them."""
 
+import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import KeyT, StreamIdT
 
-from shared import wire
+from shared import tracing, wire
 from shared.contracts import DeadLetter, DocDelete, DocIndexed, DocUpsert
 from shared.settings import StreamSettings
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+RECONNECT_PAUSE_S = 0.5
+PUBLISH_CHUNK = 500
+T = TypeVar("T")
+ConnectionHook = Callable[[str | None], None]
+"""Told the reason when the connection to Redis is lost, then None once it is back."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,20 @@ class IngestReport:
     def percentile(self, q: float) -> float | None:
         return percentile(self.freshness_ms, q) if self.freshness_ms else None
 
+    def describe(self) -> str:
+        """One line for people: indexed 5,183 docs in 12.3 s (421 docs/s) · freshness p50 …"""
+        text = (
+            f"indexed {self.indexed:,} docs in {self.seconds:.1f} s ({self.docs_per_s:,.0f} docs/s)"
+        )
+        p50, p99 = self.percentile(50), self.percentile(99)
+        if p50 is not None and p99 is not None:
+            text += f" · freshness p50 {p50:,.0f} ms, p99 {p99:,.0f} ms"
+        if self.stale:
+            text += f" · {self.stale:,} stale (older than the index's version)"
+        if self.dead_lettered:
+            text += f" · {self.dead_lettered:,} dead-lettered"
+        return text
+
     def summary(self) -> dict[str, object]:
         p50, p99 = self.percentile(50), self.percentile(99)
         return {
@@ -92,14 +117,54 @@ class IngestReport:
         }
 
 
-async def publish_docs(
-    redis: Redis, stream: str, events: Sequence[DocUpsert | DocDelete], chunk: int = 500
-) -> None:
-    for start in range(0, len(events), chunk):
-        async with redis.pipeline(transaction=False) as pipe:
-            for event in events[start : start + chunk]:
-                pipe.xadd(stream, wire.encode(event))
-            await pipe.execute()
+def traced_entries(events: Sequence[DocUpsert | DocDelete]) -> list[wire.Fields]:
+    """Each event's stream entry, carrying the trace context of its own `ingest` span (one doc
+    change, one trace; nothing added when tracing is off)."""
+    entries = []
+    for event in events:
+        with tracing.client_span("ingest", doc_id=event.doc_id, version=str(event.version)):
+            fields = wire.encode(event)
+            tracing.inject(fields)
+        entries.append(fields)
+    return entries
+
+
+async def publish_entries(redis: Redis, stream: str, entries: Sequence[wire.Fields]) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for fields in entries:
+            pipe.xadd(stream, fields)
+        await pipe.execute()
+
+
+@dataclass
+class Reconnecting:
+    """Runs Redis calls again while the server is down (a restart), until a deadline; tells
+    `on_connection` once when the connection is lost and once when it is back."""
+
+    deadline: float
+    on_connection: ConnectionHook | None = None
+    lost: bool = False
+
+    async def call(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        """`op()`'s result, or None if Redis stayed down until the deadline."""
+        while True:
+            try:
+                result = await op()
+            except REDIS_DOWN as exc:
+                self._tell(lost=True, reason=str(exc) or type(exc).__name__)
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                await asyncio.sleep(min(RECONNECT_PAUSE_S, left))
+                continue
+            self._tell(lost=False)
+            return result
+
+    def _tell(self, *, lost: bool, reason: str = "") -> None:
+        if lost != self.lost:
+            self.lost = lost
+            if self.on_connection is not None:
+                self.on_connection(reason if lost else None)
 
 
 async def ingest(
@@ -110,6 +175,7 @@ async def ingest(
     streams: StreamSettings | None = None,
     timeout_s: float = 600.0,
     on_progress: Callable[[int], None] | None = None,
+    on_connection: ConnectionHook | None = None,
 ) -> IngestReport:
     """Publish one upsert per doc, then follow `rag.indexed` and `rag.dlq` until each is settled."""
     streams = streams or StreamSettings()
@@ -119,8 +185,9 @@ async def ingest(
         for d in docs
     ]
     return await publish_and_wait(
-        redis, events, streams=streams, timeout_s=timeout_s, on_progress=on_progress
-    )
+        redis, events, streams=streams, timeout_s=timeout_s,
+        on_progress=on_progress, on_connection=on_connection,
+    )  # fmt: skip
 
 
 async def publish_and_wait(
@@ -130,7 +197,15 @@ async def publish_and_wait(
     streams: StreamSettings,
     timeout_s: float,
     on_progress: Callable[[int], None] | None = None,
+    on_connection: ConnectionHook | None = None,
 ) -> IngestReport:
+    """Publish `events`, then follow the indexed and dead-letter streams until each is settled
+    or `timeout_s` (publishing included) is over.
+
+    Redis restarting meanwhile is waited out: publishing and reading resume where they were
+    (reading from the last entry seen, so no ack is missed; a batch whose publication was cut
+    off is published again, which the pipeline's idempotence absorbs).
+    """
     cursors: dict[KeyT, StreamIdT] = {
         streams.indexed: await wire.last_entry_id(redis, streams.indexed),
         streams.dlq: await wire.last_entry_id(redis, streams.dlq),
@@ -138,14 +213,22 @@ async def publish_and_wait(
     waiting = {(e.doc_id, e.version) for e in events}
     report = IngestReport(docs=len(events))
     started = time.perf_counter()
-    await publish_docs(redis, streams.docs, events)
-    deadline = time.monotonic() + timeout_s
-    while waiting and time.monotonic() < deadline:
-        response = await redis.xread(cursors, block=500, count=1000)
+    link = Reconnecting(time.monotonic() + timeout_s, on_connection)
+    entries = traced_entries(events)
+    for start in range(0, len(entries), PUBLISH_CHUNK):
+        batch = entries[start : start + PUBLISH_CHUNK]
+        await link.call(partial(publish_entries, redis, streams.docs, batch))
+
+    async def read_acks() -> object:
+        left = link.deadline - time.monotonic()
+        return await redis.xread(cursors, block=max(1, int(min(left, 0.5) * 1000)), count=1000)
+
+    while waiting and link.deadline > time.monotonic():
+        response = await link.call(read_acks)
         settled = 0
-        for stream_name, entries in wire.read_entries(response):
+        for stream_name, entries_read in wire.read_entries(response or []):
             name = stream_name.decode()
-            for entry_id, fields in entries:
+            for entry_id, fields in entries_read:
                 cursors[name] = entry_id
                 settled += _settle(name == streams.dlq, fields, waiting, report)
         if settled and on_progress is not None:

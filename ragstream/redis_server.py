@@ -89,7 +89,11 @@ def start_server(
     ]  # fmt: skip
     if requirepass is not None:
         args += ["--requirepass", requirepass]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session: a Ctrl-C on the terminal reaches the stages (which drain, then we stop
+    # the server), not the server under them.
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     server = RedisServer(process, port, data_dir)
     client = redis.Redis(port=port, password=requirepass, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout

@@ -1,10 +1,13 @@
 """The client side of the query path: publish a query, wait for its answer by query id."""
 
+import asyncio
 import time
 from collections.abc import Callable
 from uuid import uuid4
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import tracing, wire
 from shared.contracts import Answer, AnswerDelta, Query
@@ -68,7 +71,12 @@ async def _send_and_wait(
     await redis.xadd(streams.queries, entry)
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
-        response = await redis.xread({reply: cursor}, block=max(1, int(min(left, 1.0) * 1000)))
+        try:
+            response = await redis.xread({reply: cursor}, block=max(1, int(min(left, 1) * 1000)))
+        except (RedisConnectionError, RedisTimeoutError):
+            # Redis restarting: keep the cursor and wait on, so no answer is missed.
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            continue
         for _, entries in wire.read_entries(response):
             for entry_id, fields in entries:
                 cursor = entry_id

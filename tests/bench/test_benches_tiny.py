@@ -1,0 +1,56 @@
+"""The ingest and query benchmarks, run tiny: they start the real stages, print one JSON line,
+and report the instrumentation's cost per stage (the full-size runs are by hand)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.evaluation.conftest import datasets_dir
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SCIFACT = datasets_dir() / "scifact"
+
+
+def run_bench(*args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def assert_instrumented(result: dict[str, object], stages: set[str]) -> None:
+    instrumentation = result["instrumentation"]
+    assert isinstance(instrumentation, dict)
+    assert set(instrumentation) == stages
+    for figures in instrumentation.values():
+        assert figures["entries"] > 0
+        assert figures["handle_s"] > 0
+        assert 0 <= figures["metrics_pct"] < 100
+
+
+def test_ingest_bench() -> None:
+    result = run_bench(
+        "bench.ingest", "--corpus", str(SCIFACT / "corpus.jsonl"), "--limit", "20",
+        "--updates", "3", "--ceiling-sample", "20",
+    )  # fmt: skip
+    bulk = result["bulk"]
+    assert isinstance(bulk, dict)
+    assert bulk["indexed"] == 20
+    assert_instrumented(result, {"chunker", "embedder"})
+
+
+def test_query_bench() -> None:
+    result = run_bench(
+        "bench.query", "--corpus", str(SCIFACT / "corpus.jsonl"), "--limit-docs", "20",
+        "--queries", str(SCIFACT / "queries-train.jsonl"), "--n", "3",
+    )  # fmt: skip
+    assert result["queries"] == 3
+    assert result["errors"] == 0
+    assert_instrumented(result, {"chunker", "embedder", "retriever", "reranker", "generator"})
