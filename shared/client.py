@@ -88,6 +88,6 @@ async def _send_and_wait(
                     continue
                 if isinstance(reply_event, Answer):
                     return reply_event
-                if on_delta is not None:
+                if isinstance(reply_event, AnswerDelta) and on_delta is not None:
                     on_delta(reply_event)
     raise TimeoutError(f"no answer to query {query.query_id} within {timeout:.1f} s")

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import wire
-from shared.contracts import Answer, AnswerDelta
+from shared.contracts import Answer, AnswerDelta, AnswerInvalidated
 from shared.contracts.answers import REPLY
 from shared.logging import get_logger
 
@@ -115,6 +115,8 @@ class ReplyRouter:
         except ValidationError:
             log.warning("unreadable reply skipped", bytes=len(payload))
             return
+        if isinstance(reply, AnswerInvalidated):
+            return  # the gateway answers once per request; it does not subscribe
         inbox = self._inboxes.get(reply.query_id)
         if inbox is not None:
             inbox.queue.put_nowait(reply)

@@ -1,6 +1,6 @@
 """Event contracts, one module each. Every stage imports them from here; none redefines them."""
 
-from shared.contracts.answers import Answer, AnswerDelta, Citation, Usage
+from shared.contracts.answers import Answer, AnswerDelta, AnswerInvalidated, Citation, Usage
 from shared.contracts.base import SCHEMA_VERSION, Event
 from shared.contracts.chunks import CHUNK_EVENT, Chunk, ChunkedDoc, chunk_id
 from shared.contracts.dead_letter import DeadLetter
@@ -14,6 +14,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Answer",
     "AnswerDelta",
+    "AnswerInvalidated",
     "Candidate",
     "Chunk",
     "ChunkedDoc",

@@ -1,6 +1,7 @@
 """What clients read back on the answers stream (`rag.answers` or the query's `reply_to`)."""
 
 from typing import Annotated, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -53,7 +54,22 @@ class Answer(Event):
     rerank_degraded: str | None = None
     timings: StageTimings = StageTimings()
     usage: Usage = Usage()
+    possibly_stale: bool = False
+    """The index had not applied the query's `after` versions when it was searched."""
+    supersedes: UUID | None = None
+    """With `regenerate`: the `event_id` of the earlier Answer this one replaces."""
 
 
-Reply = Annotated[Answer | AnswerDelta, Field(discriminator="type")]
-REPLY: TypeAdapter[Answer | AnswerDelta] = TypeAdapter(Reply)
+class AnswerInvalidated(Event):
+    """A doc an answer cited changed (`new_version`) or was deleted (`deleted`) since."""
+
+    type: Literal["answer.invalidated"] = "answer.invalidated"
+    query_id: str
+    doc_id: str
+    old_version: int
+    new_version: int
+    deleted: bool = False
+
+
+Reply = Annotated[Answer | AnswerDelta | AnswerInvalidated, Field(discriminator="type")]
+REPLY: TypeAdapter[Answer | AnswerDelta | AnswerInvalidated] = TypeAdapter(Reply)

@@ -1,12 +1,15 @@
 """The query path: client queries and the candidates each stage hands to the next."""
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from shared.contracts.base import Event, non_blank
+from shared.contracts.docs import DocId, DocVersion
 
 QueryText = Annotated[str, Field(min_length=1, max_length=4000)]
+MAX_AFTER_DOCS = 1000
 
 
 class Query(Event):
@@ -20,6 +23,16 @@ class Query(Event):
     filters: dict[str, str] | None = None
     reply_to: str | None = None
     stream: bool = False
+    deadline: datetime | None = None
+    """The client's deadline: a stage answers a query already past it with an error Answer
+    instead of working on it, and nothing retries it past it. None: no deadline."""
+    after: Annotated[dict[DocId, DocVersion], Field(max_length=MAX_AFTER_DOCS)] | None = None
+    """Read-your-writes: the retriever waits (bounded) until the index serves at least these
+    doc versions; if it cannot, the Answer says `possibly_stale`."""
+    subscribe: bool = False
+    """Send `answer.invalidated` on the reply stream when a cited doc changes or is deleted."""
+    regenerate: bool = False
+    """With `subscribe`: also answer again after an invalidation (the new Answer `supersedes`)."""
 
 
 class Candidate(BaseModel):
@@ -57,6 +70,8 @@ class Retrieved(Event):
     query: Query
     candidates: tuple[Candidate, ...]
     timings: StageTimings
+    possibly_stale: bool = False
+    """The index did not reach the query's `after` versions in time."""
 
 
 class Reranked(Event):
@@ -69,6 +84,7 @@ class Reranked(Event):
     rerank_degraded: str | None = None
     """Why the fused order was kept instead of the reranker's (timeout, provider error)."""
     timings: StageTimings
+    possibly_stale: bool = False
 
 
 QUERY: TypeAdapter[Query] = TypeAdapter(Query)
