@@ -1,12 +1,16 @@
 """The LLM-free backend: answer with the context sentences that best match the question.
 
 Every sentence of every candidate is scored by the IDF-weighted question terms it contains
-(IDF over the pooled sentences, so words every chunk shares weigh little). The best
-`max_sentences` scoring at least half the top score are returned best first, each followed by
-the marker of its chunk. Ties go to the higher-ranked candidate, then the earlier sentence:
-the result is deterministic.
+(IDF over the pooled sentences, so words every chunk shares weigh little), weighed by how much of
+the question its chunk covers and by the chunk's retrieval rank: a sentence that shares two words
+with the question in a chunk about something else ("Galileo discovered Jupiter's moons") should
+not lead the answer to "Who discovered the moons of Mars?" when the top-ranked chunk is about
+Mars. The best `max_sentences` scoring at least half the top score are returned best first, each
+followed by the marker of its chunk. Ties go to the higher-ranked candidate, then the earlier
+sentence: the result is deterministic.
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +29,8 @@ from shared.contracts.queries import Candidate
 
 EXTRACTIVE_MODEL = "extractive"
 _RELATIVE_CUTOFF = 0.5
+_RANK_DECAY = 0.25
+"""A candidate at retrieval rank r weighs 1 / (1 + r × this)."""
 _SENTENCE_CHARS = 400
 
 
@@ -51,6 +57,13 @@ def _with_marker(sentence: str, marker: int) -> str:
     return f"{body} [{marker}]{sentence[len(body) :]}"
 
 
+def _chunk_prior(question: set[str], text: str, rank: int, weights: dict[str, float]) -> float:
+    """√(the share of the question's term weight the chunk covers), decayed by rank."""
+    total = overlap(question, question, weights)
+    coverage = overlap(question, terms(text), weights) / total if total else 0.0
+    return math.sqrt(coverage) / (1 + rank * _RANK_DECAY)
+
+
 def answer_extractively(
     question: str, candidates: Sequence[Candidate], *, max_sentences: int = 3
 ) -> ExtractiveAnswer | None:
@@ -63,8 +76,12 @@ def answer_extractively(
     ]
     pool_terms = [terms(sentence.text) for _, sentence in pool]
     weights = idf_weights(pool_terms)
+    prior = [
+        _chunk_prior(question_terms, candidate.text, rank, weights)
+        for rank, candidate in enumerate(candidates)
+    ]
     scored = [
-        _Scored(overlap(question_terms, found, weights), rank, sentence)
+        _Scored(overlap(question_terms, found, weights) * prior[rank], rank, sentence)
         for (rank, sentence), found in zip(pool, pool_terms, strict=True)
     ]
     scored = [s for s in scored if s.score > 0]
