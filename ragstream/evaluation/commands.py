@@ -54,11 +54,25 @@ def load_selected(args: argparse.Namespace) -> Dataset:
 
 @functools.cache
 def load_embedder() -> Embedder:
-    """The production embedder (`RAG_EMBEDDING_*`), loaded once per process."""
-    from shared.embedding import SentenceTransformerEmbedder
+    """The production embedder (`RAG_EMBEDDING_*`, `backend` included), loaded once per
+    process."""
+    from shared.embedding import load_embedder
     from shared.settings import EmbeddingSettings
 
-    return SentenceTransformerEmbedder(EmbeddingSettings())
+    return load_embedder(EmbeddingSettings())
+
+
+def embedding_summary() -> dict[str, Any]:
+    """Which embedder indexed and queried (`RAG_EMBEDDING_*`)."""
+    from shared.settings import EmbeddingSettings
+
+    settings = EmbeddingSettings()
+    onnx = settings.backend == "onnx"
+    return {
+        "backend": settings.backend, "model": settings.model or "default",
+        "onnx_precision": settings.onnx_precision if onnx else None,
+        "onnx_path": str(settings.onnx_path) if onnx and settings.onnx_path else None,
+    }  # fmt: skip
 
 
 def build_index(
@@ -139,6 +153,7 @@ def run_eval(args: argparse.Namespace, out: Console, err: Console) -> int:
         "docs": len(dataset.corpus),
         "chunks": info.chunks,
         "k": args.k,
+        "embedding": embedding_summary(),
         **metrics,
         "index_seconds": round(info.seconds, 1),
         "index_cached": info.cached,
@@ -156,7 +171,8 @@ def run_eval(args: argparse.Namespace, out: Console, err: Console) -> int:
             "alpha": retriever.alpha, "candidates": retriever.candidates,
         },
         "reranker": {
-            "backend": reranker.backend, "model": reranker.model,
+            "backend": reranker.backend, "model": reranker.model, "runtime": reranker.runtime,
+            "onnx_precision": reranker.onnx_precision if reranker.runtime == "onnx" else None,
             "max_seq_length": reranker.max_seq_length, "budget_ms": reranker.budget_ms,
             "fused_weight": reranker.fused_weight, "depth": reranker.depth,
         },

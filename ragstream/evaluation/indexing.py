@@ -68,6 +68,13 @@ def cache_key(dataset: Dataset, chunker: ChunkerSettings, embedding: EmbeddingSe
         "model": embedding.model or "default",
         "max_seq_length": embedding.max_seq_length,
     }
+    if embedding.backend != "torch":
+        # Added only off the default, so the torch indexes cached before the key had a
+        # backend stay valid. An export is identified by its precision (a re-export of the
+        # same model with another exporter version is taken as the same).
+        parts["backend"] = f"{embedding.backend}-{embedding.onnx_precision}"
+        if embedding.onnx_path is not None:
+            parts["onnx_path"] = str(embedding.onnx_path)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -9,7 +9,7 @@ from services.embedder.indexing import index_batch
 from services.embedder.settings import EmbedderSettings
 from shared import doc_state
 from shared.contracts import CHUNK_EVENT, DocIndexed
-from shared.embedding import SentenceTransformerEmbedder
+from shared.embedding import load_embedder
 from shared.settings import EmbeddingSettings, StoreSettings
 from shared.stage import Stage
 from shared.store.factory import open_store
@@ -17,7 +17,7 @@ from shared.store.readiness import index_answers
 
 settings = EmbedderSettings()
 stage = Stage("embedder", settings)
-embedder = SentenceTransformerEmbedder(EmbeddingSettings())
+embedder = load_embedder(EmbeddingSettings())
 store = open_store(StoreSettings(), dim=embedder.dim)
 stage.subscribe(
     stage.streams.chunks,
