@@ -46,10 +46,10 @@ def encode_ceiling(docs: list[SourceDoc], sample: int) -> float:
     """docs/s of chunking + encoding in-process (what the pipeline cannot beat)."""
     from services.chunker.chunking import Chunker, load_tokenizer
     from shared.chunk_text import embedding_text
-    from shared.embedding import SentenceTransformerEmbedder
+    from shared.embedding import load_embedder
     from shared.settings import EmbeddingSettings
 
-    embedder = SentenceTransformerEmbedder(EmbeddingSettings())
+    embedder = load_embedder(EmbeddingSettings())  # the embedder stage's backend (RAG_EMBEDDING_*)
     chunker = Chunker(load_tokenizer())
     subset = docs[:sample]
     started = time.perf_counter()

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -151,7 +151,7 @@ def cmd_weaviate(args: argparse.Namespace, say: Output) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, say: Output) -> int:
-    from ragstream.ingest import IngestReport, ingest, load_documents
+    from ragstream.ingest import IngestReport, Published, ingest, load_documents
     from ragstream.stage_watch import watching
     from shared.settings import StreamSettings
 
@@ -164,6 +164,11 @@ def cmd_ingest(args: argparse.Namespace, say: Output) -> int:
     streams = StreamSettings()
     readers = [("chunker", streams.docs), ("embedder", streams.chunks)]
 
+    def print_ids(published: Sequence[Published]) -> None:
+        if args.print_ids:  # as soon as they are published: `ask --after DOC_ID=VERSION`
+            sys.stdout.write("".join(f"{p.line()}\n" for p in published))
+            sys.stdout.flush()
+
     async def run() -> IngestReport:
         redis = _redis()
         try:
@@ -172,6 +177,7 @@ def cmd_ingest(args: argparse.Namespace, say: Output) -> int:
                     return await ingest(
                         redis, docs, streams=streams, timeout_s=args.timeout,
                         on_progress=advance, on_connection=say.connection,
+                        on_published=print_ids,
                     )  # fmt: skip
         finally:
             await redis.aclose()
@@ -181,7 +187,7 @@ def cmd_ingest(args: argparse.Namespace, say: Output) -> int:
         text = f"dead-lettered {letter.doc_id}: {letter.reason}"
         say.warn("dead-lettered", text, doc_id=letter.doc_id, reason=letter.reason)
     as_json = args.json or not out.is_terminal
-    if as_json:
+    if as_json and not args.print_ids:  # with --print-ids, stdout holds the id lines only
         out.print_json(json.dumps(report.summary()))
     settled = len(report.outcomes)
     if settled < len(docs):
@@ -191,7 +197,9 @@ def cmd_ingest(args: argparse.Namespace, say: Output) -> int:
             "(`ragstream status` shows where the rest are)",
             settled=settled, docs=len(docs),
         )  # fmt: skip
-    if not as_json:
+    if args.print_ids:
+        say.ok("ingested", report.describe(), **report.summary())
+    elif not as_json:
         out.print(f"[green]✓[/] {escape(report.describe())}", highlight=False, soft_wrap=True)
     return 0
 
@@ -202,6 +210,9 @@ def cmd_ask(args: argparse.Namespace, say: Output) -> int:
     from shared.client import ask
     from shared.contracts import Answer, AnswerDelta
     from shared.settings import StreamSettings
+
+    if args.subscribe or args.regenerate:
+        return _ask_and_watch(args, say)
 
     streams = StreamSettings()
     readers = [
@@ -221,7 +232,7 @@ def cmd_ask(args: argparse.Namespace, say: Output) -> int:
                 try:
                     return await ask(
                         redis, args.question, timeout=args.timeout, top_n=args.top_n,
-                        stream=args.stream, on_delta=show_delta,
+                        stream=args.stream, on_delta=show_delta, after=dict(args.after or ()),
                     )  # fmt: skip
                 except TimeoutError:
                     why = f": no {absent[0]} is running ({START_HINT})" if absent else ""
@@ -238,6 +249,72 @@ def cmd_ask(args: argparse.Namespace, say: Output) -> int:
     else:
         print_answer(out, args.question, answer)
     return 1 if answer.error else 0
+
+
+def _ask_and_watch(args: argparse.Namespace, say: Output) -> int:
+    """`ask --subscribe`: the answer, then each invalidation (and, with `--regenerate`, each
+    new answer) as it comes, until Ctrl-C or `--watch-for` seconds."""
+    from ragstream.render import print_answer, print_invalidation
+    from ragstream.stage_watch import watching
+    from shared.client import ask_and_watch
+    from shared.contracts import Answer, AnswerDelta, AnswerInvalidated
+    from shared.settings import StreamSettings
+
+    streams = StreamSettings()
+    readers = [
+        ("retriever", streams.queries),
+        ("reranker", streams.retrieved),
+        ("generator", streams.reranked),
+    ]
+    first: list[Answer] = []
+
+    def show_delta(delta: AnswerDelta) -> None:
+        if not args.json and not first:
+            out.print(delta.text, end="", soft_wrap=True, highlight=False)
+
+    def show(event: Answer | AnswerInvalidated) -> None:
+        if args.json:  # one event per line
+            sys.stdout.write(event.model_dump_json() + "\n")
+            sys.stdout.flush()
+        elif isinstance(event, Answer):
+            if args.stream and not first:
+                out.print()
+            print_answer(out, args.question, event)
+        else:
+            print_invalidation(out, event)
+        if isinstance(event, Answer) and not first:
+            first.append(event)
+
+    async def run() -> None:
+        redis = _redis()
+        try:
+            async with watching(redis, readers, say.stage_absent) as absent:
+                replies = ask_and_watch(
+                    redis, args.question, watch_for=args.watch_for, regenerate=args.regenerate,
+                    timeout=args.timeout, top_n=args.top_n, stream=args.stream,
+                    on_delta=show_delta, after=dict(args.after or ()),
+                )  # fmt: skip
+                async with contextlib.aclosing(replies):
+                    try:
+                        async for event in replies:
+                            show(event)
+                    except TimeoutError:
+                        why = f": no {absent[0]} is running ({START_HINT})" if absent else ""
+                        text = f"no answer within {args.timeout:g} s{why}"
+                        raise CommandFailed("no answer", text, timeout_s=args.timeout) from None
+        finally:
+            await redis.aclose()
+
+    asyncio.run(run())
+    return 1 if first and first[0].error else 0
+
+
+def parse_after(value: str) -> tuple[str, int]:
+    """`DOC_ID=VERSION` (the doc id may itself hold `=`)."""
+    doc_id, sep, version = value.rpartition("=")
+    if not sep or not doc_id or not version.isdigit():
+        raise argparse.ArgumentTypeError(f"expected DOC_ID=VERSION, got {value!r}")
+    return doc_id, int(version)
 
 
 def cmd_status(args: argparse.Namespace, say: Output) -> int:
@@ -296,6 +373,12 @@ def cmd_train_reranker(args: argparse.Namespace, say: Output) -> int:
     return run_train_reranker(args, out, err)
 
 
+def cmd_export_onnx(args: argparse.Namespace, say: Output) -> int:
+    from ragstream.onnx_export import run_export
+
+    return run_export(args, out, err)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragstream", description=__doc__)
     parser.add_argument(
@@ -331,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--json", action="store_true", help="print the summary as JSON (the default off a terminal)"
     )
+    ingest.add_argument(
+        "--print-ids", action="store_true",
+        help="print `doc_id version entry_id` per published doc on stdout (the summary goes to "
+        "stderr): what `ask --after DOC_ID=VERSION` reads back",
+    )  # fmt: skip
     ingest.set_defaults(func=cmd_ingest)
 
     ask = sub.add_parser("ask", help="ask a question; prints the answer with its sources")
@@ -339,6 +427,25 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--stream", action="store_true", help="show tokens as they arrive")
     ask.add_argument("--top-n", type=int, default=5, help="chunks given to the generator")
     ask.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    ask.add_argument(
+        "--after", type=parse_after, action="append", metavar="DOC_ID=VERSION",
+        help="read your writes: answer from an index serving at least this doc version (as "
+        "`ingest --print-ids` prints it); repeatable. If the index does not get there in time "
+        "(RAG_RETRIEVER_AFTER_WAIT_S) the answer says it is possibly stale",
+    )  # fmt: skip
+    ask.add_argument(
+        "--subscribe", action="store_true",
+        help="after the answer, keep listening: print an invalidation when a doc it cited "
+        "changes or is deleted (until Ctrl-C or --watch-for)",
+    )  # fmt: skip
+    ask.add_argument(
+        "--regenerate", action="store_true",
+        help="with --subscribe (implied): also answer again after each invalidation",
+    )  # fmt: skip
+    ask.add_argument(
+        "--watch-for", type=float, metavar="SECONDS",
+        help="with --subscribe: stop listening this many seconds after the answer",
+    )  # fmt: skip
     ask.set_defaults(func=cmd_ask)
 
     demo = sub.add_parser("demo", help="start everything, ingest the sample corpus, ask, stop")
@@ -366,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-reranker", help="fine-tune a cross-encoder reranker")
     add_train_arguments(train)
     train.set_defaults(func=cmd_train_reranker)
+
+    from ragstream.onnx_export import add_export_arguments
+
+    export = sub.add_parser("export-onnx", help="export the embedding model or a cross-encoder "
+                            "to ONNX (fp32, --int8) for the torch-free runtime")  # fmt: skip
+    add_export_arguments(export)
+    export.set_defaults(func=cmd_export_onnx)
     return parser
 
 

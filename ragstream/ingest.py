@@ -70,6 +70,27 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
+@dataclass(frozen=True)
+class Published:
+    """A doc event on the docs stream: what to pass as a query's `after` to read it back."""
+
+    doc_id: str
+    version: int
+    entry_id: str
+
+    def line(self) -> str:
+        """`doc_id version entry_id`, as `ragstream ingest --print-ids` prints it."""
+        return f"{self.doc_id} {self.version} {self.entry_id}"
+
+
+def after_of(published: Sequence[Published]) -> dict[str, int]:
+    """A query's `after` that reads these doc versions (or newer)."""
+    after: dict[str, int] = {}
+    for p in published:
+        after[p.doc_id] = max(after.get(p.doc_id, p.version), p.version)
+    return after
+
+
 @dataclass
 class IngestReport:
     docs: int
@@ -81,6 +102,8 @@ class IngestReport:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outcomes: dict[tuple[str, int], str] = field(default_factory=dict)
     """(doc_id, version) → indexed / deleted / stale / dead_lettered."""
+    published: list[Published] = field(default_factory=list)
+    """Every event published, with its entry id, in order."""
 
     @property
     def docs_per_s(self) -> float:
@@ -129,11 +152,22 @@ def traced_entries(events: Sequence[DocUpsert | DocDelete]) -> list[wire.Fields]
     return entries
 
 
-async def publish_entries(redis: Redis, stream: str, entries: Sequence[wire.Fields]) -> None:
+async def publish_entries(redis: Redis, stream: str, entries: Sequence[wire.Fields]) -> list[str]:
+    """XADD each entry; their entry ids, in order."""
     async with redis.pipeline(transaction=False) as pipe:
         for fields in entries:
             pipe.xadd(stream, fields)
-        await pipe.execute()
+        ids: list[bytes | str] = await pipe.execute()
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+async def publish_docs(
+    redis: Redis, events: Sequence[DocUpsert | DocDelete], *, streams: StreamSettings
+) -> list[Published]:
+    """Publish doc events without waiting for the index: their ids and versions, e.g. for a
+    query's `after` (`after_of`)."""
+    ids = await publish_entries(redis, streams.docs, traced_entries(events))
+    return [Published(e.doc_id, e.version, i) for e, i in zip(events, ids, strict=True)]
 
 
 @dataclass
@@ -176,8 +210,10 @@ async def ingest(
     timeout_s: float = 600.0,
     on_progress: Callable[[int], None] | None = None,
     on_connection: ConnectionHook | None = None,
+    on_published: Callable[[Sequence[Published]], None] | None = None,
 ) -> IngestReport:
-    """Publish one upsert per doc, then follow `rag.indexed` and `rag.dlq` until each is settled."""
+    """Publish one upsert per doc, then follow `rag.indexed` and `rag.dlq` until each is settled.
+    `on_published` is told each published chunk of events, with their entry ids."""
     streams = streams or StreamSettings()
     version = version if version is not None else time.time_ns() // 1_000_000
     events = [
@@ -186,7 +222,7 @@ async def ingest(
     ]
     return await publish_and_wait(
         redis, events, streams=streams, timeout_s=timeout_s,
-        on_progress=on_progress, on_connection=on_connection,
+        on_progress=on_progress, on_connection=on_connection, on_published=on_published,
     )  # fmt: skip
 
 
@@ -198,6 +234,7 @@ async def publish_and_wait(
     timeout_s: float,
     on_progress: Callable[[int], None] | None = None,
     on_connection: ConnectionHook | None = None,
+    on_published: Callable[[Sequence[Published]], None] | None = None,
 ) -> IngestReport:
     """Publish `events`, then follow the indexed and dead-letter streams until each is settled
     or `timeout_s` (publishing included) is over.
@@ -217,7 +254,16 @@ async def publish_and_wait(
     entries = traced_entries(events)
     for start in range(0, len(entries), PUBLISH_CHUNK):
         batch = entries[start : start + PUBLISH_CHUNK]
-        await link.call(partial(publish_entries, redis, streams.docs, batch))
+        ids = await link.call(partial(publish_entries, redis, streams.docs, batch))
+        if ids is None:
+            continue  # Redis stayed down until the deadline
+        published = [
+            Published(e.doc_id, e.version, i)
+            for e, i in zip(events[start : start + PUBLISH_CHUNK], ids, strict=True)
+        ]
+        report.published.extend(published)
+        if on_published is not None:
+            on_published(published)
 
     async def read_acks() -> object:
         left = link.deadline - time.monotonic()
@@ -264,4 +310,13 @@ def _settle(
     return 1
 
 
-__all__ = ["IngestReport", "SourceDoc", "ingest", "load_documents", "publish_and_wait"]
+__all__ = [
+    "IngestReport",
+    "Published",
+    "SourceDoc",
+    "after_of",
+    "ingest",
+    "load_documents",
+    "publish_and_wait",
+    "publish_docs",
+]

@@ -1,11 +1,12 @@
-"""What a stage hands around while delivering entries: entries, outcomes, and the bookkeeping
-of redelivery (which entries are in flight, why an entry failed before)."""
+"""What a stage hands around while delivering entries: entries, outcomes, the bookkeeping of
+redelivery (which entries are in flight, which of them a sibling took over, why an entry failed
+before), and the opt-in to exclusive work per key (`Exclusive`)."""
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -35,11 +36,41 @@ RejectHook = Callable[[Entry, str], Sequence[Publication]]
 """Extra events to publish beside a dead letter (e.g. an error answer to the asking client)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Exclusive(Generic[T]):
+    """Opt-in for one subscription (`Stage.subscribe(..., exclusive=...)`): work is done once
+    per key, e.g. one Answer per query.
+
+    - At most one consumer at a time works on a `key`: it holds a lease on it (renewed by the
+      heartbeat, released by its commit). An entry whose key a live sibling holds is left
+      pending; once the holder is gone its lease expires and a reclaimer takes over.
+    - The outputs of one entry per `request` are published; a later entry of an answered
+      request is acked without outputs (for `ttl_s`).
+    - Outputs published while handling (`Stage.publish`, e.g. streamed deltas) that belong to
+      a key (`streamed_key`) go out only from the handler of the first entry that streamed for
+      the request, only until the request is answered, and only while this consumer works on
+      the key; the others are dropped.
+    """
+
+    key: Callable[[T], str]
+    """The work an input event asks for (e.g. its query id)."""
+    streamed_key: Callable[[BaseModel], str | None]
+    """The key an output published while handling belongs to (e.g. an AnswerDelta's query id);
+    None: not fenced, published as it is."""
+    request: Callable[[T], str] | None = None
+    """Which request for the key an event is (e.g. the query event's id: a regenerated query is
+    a new request under the same query id); None: one request per key."""
+    ttl_s: float = 3600.0
+    """How long an answered request, and who streamed its outputs, are remembered."""
+
+
 class InFlight:
-    """Entries being handled right now, per stream (the same entry may be in two batches)."""
+    """Entries being handled right now, per stream (the same entry may be in two batches), and
+    those of them that a sibling consumer took over meanwhile (`lost`)."""
 
     def __init__(self) -> None:
         self._held: dict[str, dict[bytes, int]] = {}
+        self._lost: dict[str, set[bytes]] = {}
 
     @contextmanager
     def holding(self, stream: str, entries: Sequence[Entry]) -> Iterator[None]:
@@ -55,9 +86,35 @@ class InFlight:
                     held[entry.id] = count
                 else:
                     held.pop(entry.id, None)
+                    self._lost.get(stream, set()).discard(entry.id)
 
     def by_stream(self) -> dict[str, list[bytes]]:
-        return {stream: list(held) for stream, held in self._held.items() if held}
+        """The entries the heartbeat keeps: in flight and still this consumer's."""
+        found: dict[str, list[bytes]] = {}
+        for stream, held in self._held.items():
+            lost = self._lost.get(stream, set())
+            ids = [i for i in held if i not in lost]
+            if ids:
+                found[stream] = ids
+        return found
+
+    def holds(self, stream: str, entry_id: bytes) -> bool:
+        return entry_id in self._held.get(stream, {})
+
+    def lose(self, stream: str, entry_ids: Sequence[bytes]) -> list[bytes]:
+        """Mark entries a sibling took over (the heartbeat leaves them alone); returns those
+        not marked before."""
+        held = self._held.get(stream, {})
+        lost = self._lost.setdefault(stream, set())
+        new = [i for i in entry_ids if i in held and i not in lost]
+        lost.update(new)
+        return new
+
+    def regain(self, stream: str, entry_ids: Sequence[bytes]) -> None:
+        """Entries this consumer claimed back (its reclaim loop): the heartbeat keeps them."""
+        lost = self._lost.get(stream)
+        if lost:
+            lost.difference_update(entry_ids)
 
 
 class Failures:

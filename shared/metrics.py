@@ -29,6 +29,13 @@ redelivered = Counter(
     "Entries taken over from a dead or failed consumer by the reclaim loop.",
     _ENTRY,
 )
+withheld = Counter(
+    "ragstream_outputs_withheld",
+    "Entries whose outputs were not published: `taken_over` (a sibling reclaimed the entry "
+    "while this consumer was frozen), `answered` (its request was answered already), "
+    "`acked_already` (a retried commit whose reply was lost).",
+    ("stage", "stream", "reason"),
+)
 handle_seconds = Histogram(
     "ragstream_handle_seconds",
     "Time to decode, handle and commit one batch.",

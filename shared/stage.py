@@ -4,19 +4,25 @@ Delivery semantics (see docs/reliability.md):
 - Consumer groups are created at id `0` before the subscribers start, so entries published before
   a stage first ran are not skipped.
 - An entry is acked in the same MULTI/EXEC transaction that publishes its outputs (or its dead
-  letter): a crash leaves both undone or both done. (A commit retried because Redis dropped the
-  connection may, if the lost reply was a success, publish its outputs twice: downstream is
-  idempotent.)
+  letter): a crash leaves both undone or both done. The transaction publishes and acks only
+  entries this consumer still owns (checked in a Lua script inside it, `shared.ownership`): an
+  entry a sibling reclaimed meanwhile is left to it, and a commit retried because Redis dropped
+  the connection does not publish twice if the lost reply was a success.
 - Bad input (`PermanentError`) is dead-lettered with its reason and acked; the rest of the batch
   flows. Transient errors are retried in-process with backoff (without burning the delivery
   budget); after `transient_retry_s` the entries stay pending for reclaim. While a batch is in
-  flight its entries are re-claimed by their own consumer (XCLAIM JUSTID, which does not count
-  as a delivery) so that no sibling takes over work that is merely slow.
+  flight the heartbeat resets the idle time of those of its entries the consumer still owns
+  (XCLAIM JUSTID, which does not count as a delivery) so that no sibling takes over work that is
+  merely slow; an entry a sibling took over (the consumer froze longer than `reclaim_idle_ms`)
+  is never taken back.
 - An unexpected exception fails the batch: it is retried entry by entry, so the good entries
   flow and only the poison entry stays pending.
 - A reclaim loop takes over entries left pending longer than `reclaim_idle_ms` (XAUTOCLAIM), by
   dead consumers or by failed handling; an entry delivered more than `max_deliveries` times is
-  dead-lettered.
+  dead-lettered. An entry this process is still handling is not handled a second time.
+- Opt-in, per subscription (`Exclusive`): work done once per key — one consumer at a time per
+  key (a lease), the outputs of one entry per request, and outputs streamed while handling only
+  from the first consumer that streamed for the request (see `shared.ownership`).
 - Maintenance: acknowledged entries are trimmed from the input streams (never pending or unread
   ones) and consumers idle with nothing pending are removed.
 - On SIGTERM: stop reading, finish and ack what is in flight (within `grace_s`), exit.
@@ -44,11 +50,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import metrics, tracing, wire
+from shared import metrics, ownership, tracing, wire
 from shared.contracts import DeadLetter
 from shared.delivery import (
     BatchHandler,
     Entry,
+    Exclusive,
     Failures,
     InFlight,
     Outcome,
@@ -62,7 +69,7 @@ from shared.readiness import ready_key
 from shared.settings import RedisSettings, StreamSettings
 from shared.stage_settings import StageSettings
 from shared.stream_maintenance import age_floor, remove_stale_consumers, trim_acknowledged
-from shared.subscription import Subscription
+from shared.subscription import DeadlineOf, OnExpired, Subscription
 
 T = TypeVar("T")
 log = structlog.get_logger("ragstream.stage")
@@ -72,6 +79,8 @@ READY_TTL_S = 15.0
 FASTSTREAM_LOGGER = logging.getLogger("ragstream.faststream")
 Projection = Callable[[Any, Any], None]
 """Queues the read-model update of one published event on the commit's Redis pipeline."""
+StreamProjection = Callable[[Any, str, Any], None]
+"""Like `Projection`, also told the stream (for `Stage.project_under`)."""
 """FastStream's own lines go through the root handler: JSON on stderr like ours."""
 
 
@@ -131,6 +140,8 @@ class Stage:
         )
         self.subscriptions: list[Subscription[Any]] = []
         self._projections: dict[str, Projection] = {}
+        self._projections_under: list[tuple[str, StreamProjection]] = []
+        self._kept_history: set[str] = set()
         self._periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -138,6 +149,8 @@ class Stage:
         self._ops_server: OpsServer | None = None
         self._readiness_checks: list[ReadinessCheck] = []
         self.in_flight = InFlight()
+        self.leases = ownership.Leases()
+        self._exclusive: dict[str, Exclusive[Any]] = {}
         self.failures = Failures(settings.max_deliveries)
         self._untrimmed = {
             self.streams.docs, self.streams.chunks, self.streams.queries,
@@ -151,11 +164,21 @@ class Stage:
         adapter: TypeAdapter[T],
         handle: BatchHandler[T],
         on_reject: RejectHook | None = None,
+        *,
+        deadline_of: DeadlineOf[T] | None = None,
+        on_expired: OnExpired[T] | None = None,
+        exclusive: Exclusive[T] | None = None,
     ) -> None:
+        """Read `stream` with `handle`; see `Subscription` for `on_reject` and the deadline
+        hooks (`deadline_of`, `on_expired`), `Exclusive` for `exclusive`."""
         from typing import Annotated
 
-        subscription = Subscription(self, stream, adapter, handle, on_reject)
+        subscription = Subscription(
+            self, stream, adapter, handle, on_reject, deadline_of=deadline_of, on_expired=on_expired
+        )
         self.subscriptions.append(subscription)
+        if exclusive is not None:
+            self._exclusive[stream] = exclusive
         schema, title = self._payload_schema(adapter)
 
         async def on_batch(
@@ -168,7 +191,7 @@ class Stage:
             entries = [
                 Entry(id=i, fields=f) for i, f in zip(raw["message_ids"], raw["data"], strict=True)
             ]
-            await subscription.process(entries)
+            await self.deliver(subscription, entries)
 
         read_by = f"Read by the {self.name} stage (consumer group `{self.group}`)."
         fields = type(self.streams).model_fields
@@ -229,6 +252,22 @@ class Stage:
         """Also apply every event this stage publishes on `stream` to a read model, in the same
         transaction as the XADD (e.g. the embedder's per-doc state, see `shared.doc_state`)."""
         self._projections[stream] = projection
+
+    def project_under(self, prefix: str, projection: StreamProjection) -> None:
+        """`project` for every stream whose name starts with `prefix` (e.g. reply streams)."""
+        self._projections_under.append((prefix, projection))
+
+    def keep_history(self, stream: str) -> None:
+        """Never trim input `stream` by acks: others read its history (e.g. freshness acks)."""
+        self._kept_history.add(stream)
+
+    def _project(self, pipe: Any, publication: Publication) -> None:
+        projection = self._projections.get(publication.stream)
+        if projection is not None:
+            projection(pipe, publication.event)
+        for prefix, project in self._projections_under:
+            if publication.stream.startswith(prefix):
+                project(pipe, publication.stream, publication.event)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -356,14 +395,51 @@ class Stage:
         else:
             pipe.xadd(stream, fields, minid=age_floor(self.settings.retention_s), approximate=True)
 
+    def _xadd_command(self, stream: str, fields: wire.Fields) -> ownership.Command:
+        """`_xadd` as a command, for the scripts that publish (`shared.ownership`)."""
+        command: ownership.Command = ["XADD", stream]
+        if self.streams.maxlen:
+            command += ["MAXLEN", "~", self.streams.maxlen]
+        elif stream not in self._untrimmed:
+            command += ["MINID", "~", age_floor(self.settings.retention_s)]
+        command.append("*")
+        for name, value in fields.items():
+            command += [name, value]
+        return command
+
     async def publish(self, publications: Sequence[Publication]) -> None:
-        """Publish now, outside any ack (e.g. streamed answer deltas)."""
+        """Publish now, outside any ack (e.g. streamed answer deltas).
+
+        An output of a key an `Exclusive` subscription works on goes out only while this
+        consumer works on the key, the request is not answered yet and no other entry's handler
+        streamed for it first (`ownership.STREAMED`); otherwise it is dropped."""
+        fences = [self._fence(p) for p in publications] if self._exclusive else []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for p in publications:
-                fields = wire.encode(p.event)
-                tracing.inject(fields)
-                self._xadd(pipe, p.stream, fields)
+            if any(fenced for fenced, _ in fences):
+                scripted: list[tuple[ownership.Lease | None, ownership.Command]] = []
+                for p, (fenced, lease) in zip(publications, fences, strict=True):
+                    if fenced and lease is None:
+                        continue  # not (or no longer) this consumer's work
+                    fields = wire.encode(p.event)
+                    tracing.inject(fields)
+                    scripted.append((lease, self._xadd_command(p.stream, fields)))
+                    self._project(pipe, p)
+                pipe.eval(ownership.STREAMED, 0, *ownership.streamed_args(scripted))
+            else:
+                for p in publications:
+                    fields = wire.encode(p.event)
+                    tracing.inject(fields)
+                    self._xadd(pipe, p.stream, fields)
+                    self._project(pipe, p)
             await pipe.execute()
+
+    def _fence(self, publication: Publication) -> tuple[bool, ownership.Lease | None]:
+        """Whether `publication` belongs to an exclusive key, and this consumer's lease on it."""
+        for stream, exclusive in self._exclusive.items():
+            key = exclusive.streamed_key(publication.event)
+            if key is not None:
+                return True, self.leases.of_key(stream, key)
+        return False, None
 
     async def commit(
         self,
@@ -373,7 +449,9 @@ class Stage:
         deliveries: Sequence[int] = (),
         spans: Mapping[bytes, Span] | None = None,
     ) -> None:
-        """Publish every outcome and XACK its entry in one MULTI/EXEC transaction.
+        """Publish every outcome and XACK its entry in one MULTI/EXEC transaction — for the
+        entries this consumer still owns; the outputs of the others are withheld (see
+        `_commit_once`).
 
         An output carries the trace context of its entry's span (from `spans`), if traced.
 
@@ -403,37 +481,59 @@ class Stage:
         deliveries: Sequence[int],
         spans: Mapping[bytes, Span],
     ) -> None:
-        acked: list[bytes] = []
-        dead = 0
+        """One MULTI/EXEC: `ownership.COMMIT` publishes the outputs of the entries this consumer
+        still owns and acks them; the read-model projections of the outputs follow it."""
+        stream = subscription.stream
+        exclusive = self._exclusive.get(stream)
+        marker_ms = _ms(exclusive.ttl_s) if exclusive is not None else 1
+        args: list[Any] = [self.group, self.settings.consumer, marker_ms]
+        committed: list[tuple[Entry, bool]] = []
         async with self.redis.pipeline(transaction=True) as pipe:
+            projected: list[Publication] = []
             for index, entry in enumerate(entries):
                 outcome = outcomes.get(entry.id)
                 if outcome is None:
                     continue
-                acked.append(entry.id)
+                always: list[ownership.Command] = []
+                dead = isinstance(outcome, PermanentError)
                 if isinstance(outcome, PermanentError):
-                    dead += 1
                     count = deliveries[index] if deliveries else 1
-                    self._dead_letter(pipe, subscription.stream, entry, outcome.reason, count)
+                    always.append(self._dead_letter(stream, entry, outcome.reason, count))
                     hook = subscription.on_reject
                     outcome = hook(entry, outcome.reason) if hook is not None else ()
                 span = spans.get(entry.id)
+                commands: list[ownership.Command] = []
                 for p in outcome:
                     fields = wire.encode(p.event)
                     if span is not None:
                         tracing.inject(fields, span)
-                    self._xadd(pipe, p.stream, fields)
-                    projection = self._projections.get(p.stream)
-                    if projection is not None:
-                        projection(pipe, p.event)
-            pipe.xack(subscription.stream, self.group, *acked)
-            await pipe.execute()
-        self.failures.forget(acked)
-        metrics.acked.labels(self.name, subscription.stream).inc(len(acked))
-        if dead:
-            metrics.dead_lettered.labels(self.name, subscription.stream).inc(dead)
+                    commands.append(self._xadd_command(p.stream, fields))
+                    projected.append(p)
+                lease = self.leases.of_entry(stream, entry.id)
+                args += ownership.commit_entry_args(entry.id, lease, always, commands)
+                committed.append((entry, dead))
+            pipe.eval(ownership.COMMIT, 1, stream, *args)
+            for p in projected:  # of every output: see docs/reliability.md
+                self._project(pipe, p)
+            states = (await pipe.execute())[0]
+        self.leases.drop(stream, [entry.id for entry, _ in committed])
+        self._tally(stream, committed, [int(state) for state in states])
 
-    def _dead_letter(self, pipe: Any, stream: str, entry: Entry, reason: str, count: int) -> None:
+    def _tally(self, stream: str, committed: list[tuple[Entry, bool]], states: list[int]) -> None:
+        """Count and log what `ownership.COMMIT` did with each entry."""
+        acked = [e.id for (e, _), s in zip(committed, states, strict=True) if s in _ACKED]
+        dead = sum(1 for (_, d), s in zip(committed, states, strict=True) if d and s in _ACKED)
+        self.failures.forget(acked)
+        metrics.acked.labels(self.name, stream).inc(len(acked))
+        if dead:
+            metrics.dead_lettered.labels(self.name, stream).inc(dead)
+        for state, reason in _WITHHELD.items():
+            ids = [e.id.decode() for (e, _), s in zip(committed, states, strict=True) if s == state]
+            if ids:
+                metrics.withheld.labels(self.name, stream, reason).inc(len(ids))
+                log.info("outputs withheld", reason=reason, stream=stream, entry_ids=ids[:10])
+
+    def _dead_letter(self, stream: str, entry: Entry, reason: str, count: int) -> ownership.Command:
         subject = wire.subject_of(entry.fields)
         letter = DeadLetter(
             stage=self.name,
@@ -448,23 +548,114 @@ class Stage:
         log.warning("dead-lettered", entry_id=letter.entry_id, reason=reason, **subject)
         fields = wire.encode(letter)
         fields[b"payload"] = wire.payload_of(entry.fields)
-        self._xadd(pipe, self.streams.dlq, fields)
+        return self._xadd_command(self.streams.dlq, fields)
 
     # ---- in-flight entries, reclaim, maintenance ----------------------------------------------
 
+    async def deliver(
+        self,
+        subscription: Subscription[Any],
+        entries: Sequence[Entry],
+        deliveries: Sequence[int] = (),
+    ) -> None:
+        """Process entries read (FastStream's subscriber) or reclaimed (`reclaim`).
+
+        With `Exclusive` work, only the entries whose key this consumer leases are handled; an
+        entry of a request answered already is acked without outputs, one whose key another
+        consumer leases is left pending (see `shared.ownership`)."""
+        exclusive = self._exclusive.get(subscription.stream)
+        if exclusive is None:
+            await subscription.process(entries, deliveries)
+            return
+        stream = subscription.stream
+        with self.in_flight.holding(stream, entries):
+            go, done = await self._lease(subscription, exclusive, entries)
+        try:
+            if done:
+                with self.in_flight.holding(stream, done):
+                    await self.commit(subscription, done, {entry.id: () for entry in done})
+            if go:
+                ids = [entry.id for entry in entries]
+                counts = dict(zip(ids, deliveries, strict=True)) if deliveries else {}
+                await subscription.process(go, [counts[e.id] for e in go] if counts else ())
+        finally:
+            left = self.leases.drop(stream, [entry.id for entry in go])
+            if left:  # not committed: free the key for a redelivery now rather than at expiry
+                with contextlib.suppress(*REDIS_DOWN):
+                    await self.redis.eval(ownership.RELEASE, 0, *ownership.release_args(left))
+
+    async def _lease(
+        self, subscription: Subscription[Any], exclusive: Exclusive[Any], entries: Sequence[Entry]
+    ) -> tuple[list[Entry], list[Entry]]:
+        """The entries to handle (leased now, or unreadable: dead-lettered by the subscription)
+        and those of requests answered already; the rest is left pending."""
+        stream = subscription.stream
+        unreadable: set[bytes] = set()
+        asked: list[tuple[Entry, ownership.Lease]] = []
+        keys: set[str] = set()
+        for entry in entries:
+            try:
+                event = wire.decode(
+                    subscription.adapter, entry.fields, max_bytes=self.settings.max_payload_bytes
+                )
+            except PermanentError:
+                unreadable.add(entry.id)
+                continue
+            key = exclusive.key(event)
+            if key in keys or self.leases.working_on(stream, key):
+                continue  # one entry per key at a time: this one waits for redelivery
+            keys.add(key)
+            lease = ownership.lease_for(
+                stream, self.group, self.settings.consumer, entry.id,
+                key=key, request=exclusive.request(event) if exclusive.request else None,
+                marker_ms=_ms(exclusive.ttl_s),
+            )  # fmt: skip
+            asked.append((entry, lease))
+        verdicts: list[int] = []
+        if asked:
+            lease_ms = max(1, self.settings.reclaim_idle_ms)
+            args = ownership.acquire_args(lease_ms, [lease for _, lease in asked])
+            verdicts = [int(v) for v in await self.redis.eval(ownership.ACQUIRE, 0, *args)]
+        leased: set[bytes] = set()
+        done: list[Entry] = []
+        for (entry, lease), verdict in zip(asked, verdicts, strict=True):
+            if verdict == ownership.LEASED:
+                self.leases.add(stream, entry.id, lease)
+                leased.add(entry.id)
+            elif verdict == ownership.DONE:
+                done.append(entry)
+        go = [e for e in entries if e.id in leased or e.id in unreadable]
+        waiting = len(entries) - len(go) - len(done)
+        if waiting:
+            log.info("left pending: another entry of its key is being handled", entries=waiting)
+        if done:
+            log.info("acked without outputs: its request was answered", entries=len(done))
+        return go, done
+
     async def _heartbeat(self) -> None:
-        """Reset the idle time of in-flight entries (XCLAIM JUSTID: no delivery is counted), so
-        that slow work (a long batch, a store outage being retried) is not reclaimed."""
+        """Reset the idle time of the in-flight entries this consumer still owns, so that slow
+        work (a long batch, a store outage being retried) is not reclaimed, and renew their
+        leases. `ownership.HEARTBEAT` checks the owner before its XCLAIM JUSTID (which counts no
+        delivery): an entry a sibling took over is left to it, never taken back."""
+        lease_ms = max(1, self.settings.reclaim_idle_ms)
         for stream, ids in self.in_flight.by_stream().items():
             for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                leases = [self.leases.of_entry(stream, entry_id) for entry_id in chunk]
+                args = ownership.heartbeat_args(
+                    self.group, self.settings.consumer, lease_ms, chunk, leases
+                )
                 try:
-                    await self.redis.xclaim(
-                        stream, self.group, self.settings.consumer, 0,
-                        list[Any](ids[start : start + 500]), justid=True,
-                    )  # fmt: skip
+                    taken, gone = await self.redis.eval(ownership.HEARTBEAT, 1, stream, *args)
                 except REDIS_DOWN as exc:
                     log.warning("heartbeat failed", stream=stream, reason=str(exc))
                     return
+                self.in_flight.lose(stream, gone)
+                if self.in_flight.lose(stream, taken):
+                    log.warning(
+                        "entries taken over by another consumer: their outputs will not be "
+                        "published from here", stream=stream, entries=len(taken),
+                    )  # fmt: skip
 
     async def _reclaim_all(self) -> None:
         for subscription in self.subscriptions:
@@ -489,6 +680,10 @@ class Stage:
             if deleted:
                 log.error("pending entries were trimmed before processing", ids=len(deleted))
             entries = [Entry(id=i, fields=f) for i, f in claimed if f is not None]
+            handling = [e.id for e in entries if self.in_flight.holds(subscription.stream, e.id)]
+            if handling:  # this process froze (or lost Redis) past reclaim_idle_ms: still ours
+                self.in_flight.regain(subscription.stream, handling)
+                entries = [e for e in entries if e.id not in handling]
             if entries:
                 pending = await self.redis.xpending_range(
                     subscription.stream,
@@ -501,7 +696,7 @@ class Stage:
                 counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
                 log.info("reclaimed", stream=subscription.stream, entries=len(entries))
                 metrics.redelivered.labels(self.name, subscription.stream).inc(len(entries))
-                await subscription.process(entries, [counts.get(e.id, 1) for e in entries])
+                await self.deliver(subscription, entries, [counts.get(e.id, 1) for e in entries])
                 total += len(entries)
             if next_id in (b"0-0", "0-0"):
                 break
@@ -528,7 +723,8 @@ class Stage:
         """Trim acknowledged entries from the input streams; remove stale consumers."""
         for subscription in self.subscriptions:
             try:
-                await trim_acknowledged(self.redis, subscription.stream)
+                if subscription.stream not in self._kept_history:
+                    await trim_acknowledged(self.redis, subscription.stream)
                 await remove_stale_consumers(
                     self.redis,
                     subscription.stream,
@@ -538,6 +734,19 @@ class Stage:
                 )
             except REDIS_DOWN as exc:
                 log.warning("maintenance failed", stream=subscription.stream, reason=str(exc))
+
+
+_ACKED = (ownership.COMMITTED, ownership.ANSWERED)
+_WITHHELD = {
+    ownership.TAKEN_OVER: "taken_over",
+    ownership.ANSWERED: "answered",
+    ownership.NOT_PENDING: "acked_already",
+}
+"""`ownership.COMMIT`'s verdicts under which an entry's outputs are not published."""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 def _text(value: bytes | str) -> str:

@@ -6,17 +6,29 @@ refuses what it holds, say) is dead-lettered at once with that reason; one whose
 anything else is left pending, to be redelivered by the reclaim loop until `max_deliveries`
 dead-letters it. Transient errors are
 retried in-process with backoff for `transient_retry_s`, which counts no delivery.
+
+Deadlines (optional, `deadline_of`): an event already past its deadline is not handled; it gets
+`on_expired`'s outcome (e.g. an error answer to the client; default: dead-lettered with the
+reason "deadline exceeded"), whether it is new, redelivered or reclaimed, committed at once
+(before the rest of its batch is handled); a handler that finds an event past its deadline
+midway through a batch (it waited for its turn) does the same with `settle_now`. Nothing is
+retried past its deadline: the transient-error backoff never sleeps past the earliest deadline
+of the events it retries, and at each retry the events past theirs drop out with `on_expired`'s
+outcome.
 """
 
 import asyncio
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 from pydantic import TypeAdapter
 
 from shared import metrics, tracing, wire
+from shared.deadlines import is_past, monotonic_of
 from shared.delivery import BatchHandler, Entry, Outcome, RejectHook
 from shared.errors import PermanentError, TransientError
 
@@ -25,6 +37,55 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 log = structlog.get_logger("ragstream.stage")
+DeadlineOf = Callable[[T], datetime | None]
+"""The instant after which working on an event is useless (its client gave up); None: never."""
+OnExpired = Callable[[T], Outcome]
+"""What to publish for an event past its deadline, instead of handling it."""
+
+
+class _EarlyCommits:
+    """Outcomes settled ahead of the rest of their batch (`settle_now`), each committed alone."""
+
+    def __init__(
+        self,
+        subscription: "Subscription[Any]",
+        good: Sequence[tuple[Entry, Any, int]],
+        spans: Any,
+        counted: bool,
+    ) -> None:
+        self.subscription = subscription
+        self.by_event = {id(event): (entry, count) for entry, event, count in good}
+        self.spans = spans
+        self.counted = counted
+        self.done: dict[bytes, Outcome] = {}
+
+    async def settle(self, event: object, outcome: Outcome) -> bool:
+        found = self.by_event.get(id(event))
+        if found is None or found[0].id in self.done:
+            return False
+        entry, count = found
+        deliveries = [count] if self.counted else []
+        stage = self.subscription.stage
+        await stage.commit(self.subscription, [entry], {entry.id: outcome}, deliveries, self.spans)
+        self.done[entry.id] = outcome
+        return True
+
+    def outcome_of(self, event: object) -> Outcome | None:
+        found = self.by_event.get(id(event))
+        return self.done.get(found[0].id) if found is not None else None
+
+
+_early: ContextVar[_EarlyCommits | None] = ContextVar("ragstream_early_commits", default=None)
+
+
+async def settle_now(event: object, outcome: Outcome) -> bool:
+    """Commit `outcome` for `event` at once (its outputs published and its entry acked in one
+    transaction) instead of with the rest of its batch: e.g. the error answer of a query past
+    its deadline, whose client should hear now. The handler still returns the outcome; the
+    runtime does not commit it twice, nor handle the event again if the batch is retried.
+    Returns False (nothing done) outside a stage's handling, e.g. in a unit test."""
+    early = _early.get()
+    return await early.settle(event, outcome) if early is not None else False
 
 
 class Subscription(Generic[T]):
@@ -37,12 +98,17 @@ class Subscription(Generic[T]):
         adapter: TypeAdapter[T],
         handle: BatchHandler[T],
         on_reject: RejectHook | None = None,
+        *,
+        deadline_of: DeadlineOf[T] | None = None,
+        on_expired: OnExpired[T] | None = None,
     ) -> None:
         self.stage = stage
         self.stream = stream
         self.adapter = adapter
         self.handle = handle
         self.on_reject = on_reject
+        self.deadline_of = deadline_of
+        self.on_expired = on_expired
 
     async def process(self, entries: Sequence[Entry], deliveries: Sequence[int] = ()) -> None:
         """Decode, handle and commit `entries`; whatever is not committed stays pending."""
@@ -69,13 +135,44 @@ class Subscription(Generic[T]):
                     outcomes[entry.id] = exc
                 else:
                     good.append((entry, event))
-            if good:
-                outcomes.update(await self._handle_isolating(good))
+            early: dict[bytes, Outcome] = {}
+            if good and self.deadline_of is not None:
+                live = self._split_expired(good, outcomes)
+                if len(live) < len(good):
+                    # Past their deadline already: their clients are told now, not once the
+                    # rest of the batch is handled (what else is settled goes with them).
+                    early, outcomes = outcomes, {}
+                    await stage.commit(self, entries, early, deliveries, spans)
+                good = live
+            counts = {e.id: deliveries[i] if deliveries else 1 for i, e in enumerate(entries)}
+            settled = _EarlyCommits(
+                self, [(e, ev, counts[e.id]) for e, ev in good], spans, bool(deliveries)
+            )
+            token = _early.set(settled)
+            try:
+                if good:
+                    outcomes.update(await self._handle_isolating(good))
+            finally:
+                _early.reset(token)
+            for entry_id in settled.done:  # committed already
+                outcomes.pop(entry_id, None)
             try:
                 await stage.commit(self, entries, outcomes, deliveries, spans)
             finally:
-                tracing.end_spans(spans, outcomes)
+                tracing.end_spans(spans, {**early, **settled.done, **outcomes})
                 metrics.handle_seconds.labels(*labels).observe(time.perf_counter() - started)
+
+    def _split_expired(
+        self, good: list[tuple[Entry, T]], outcomes: dict[bytes, Outcome]
+    ) -> list[tuple[Entry, T]]:
+        """Put the expired outcome of the events past their deadline in `outcomes`; the rest."""
+        events = [event for _, event in good]
+        settled: list[Outcome | None] = [None] * len(good)
+        live = self._expire(events, settled, range(len(good)))
+        for (entry, _), outcome in zip(good, settled, strict=True):
+            if outcome is not None:
+                outcomes[entry.id] = outcome
+        return [good[i] for i in live]
 
     async def _handle_isolating(self, good: list[tuple[Entry, T]]) -> dict[bytes, Outcome]:
         """Handle the batch; if it raises, handle entry by entry so one poison entry cannot
@@ -97,27 +194,92 @@ class Subscription(Generic[T]):
                 stream=self.stream, entries=len(good), error=type(exc).__name__,
             )  # fmt: skip
             outcomes: dict[bytes, Outcome] = {}
+            early = _early.get()
             for entry, event in good:
+                if early is not None and early.outcome_of(event) is not None:
+                    continue  # settled already (`settle_now`)
                 outcomes.update(await self._handle_isolating([(entry, event)]))
             return outcomes
-        if handled is None:
-            return {}
-        return {entry.id: outcome for (entry, _), outcome in zip(good, handled, strict=True)}
+        return {
+            entry.id: outcome
+            for (entry, _), outcome in zip(good, handled, strict=True)
+            if outcome is not None
+        }
 
-    async def _handle_with_retries(self, events: list[T]) -> Sequence[Outcome] | None:
-        deadline = time.monotonic() + self.stage.settings.transient_retry_s
+    async def _handle_with_retries(self, events: list[T]) -> list[Outcome | None]:
+        """One outcome per event (None: left pending). Events past their deadline get
+        `on_expired`'s; transient errors are retried for `transient_retry_s`, never past the
+        earliest deadline of the events retried (see the module's docstring)."""
+        outcomes: list[Outcome | None] = [None] * len(events)
+        todo = self._expire(events, outcomes, range(len(events)))
+        give_up = time.monotonic() + self.stage.settings.transient_retry_s
         delay = 0.1
-        while True:
+        while todo:
             try:
-                outcomes = await self.handle(events)
+                handled = await self.handle([events[i] for i in todo])
             except TransientError as exc:
-                if time.monotonic() + delay > deadline:
+                wait = delay
+                first = self._earliest_deadline(events, todo)
+                if first is not None:  # no sleeping (nor retrying) past a deadline
+                    wait = max(0.0, min(wait, first - time.monotonic() + 0.001))
+                if time.monotonic() + wait > give_up:
                     log.error("transient error, leaving entries pending", reason=str(exc))
-                    return None
-                log.warning("transient error, retrying", reason=str(exc), delay_s=delay)
-                await asyncio.sleep(delay)
+                    return outcomes
+                log.warning("transient error, retrying", reason=str(exc), delay_s=round(wait, 3))
+                await asyncio.sleep(wait)
                 delay = min(delay * 2, 5.0)
+                todo = self._expire(events, outcomes, self._unsettled(events, outcomes, todo))
                 continue
-            if len(outcomes) != len(events):
-                raise RuntimeError(f"handler returned {len(outcomes)} outcomes for {len(events)}")
+            if len(handled) != len(todo):
+                raise RuntimeError(f"handler returned {len(handled)} outcomes for {len(todo)}")
+            for index, outcome in zip(todo, handled, strict=True):
+                outcomes[index] = outcome
             return outcomes
+        return outcomes
+
+    @staticmethod
+    def _unsettled(
+        events: Sequence[T], outcomes: list[Outcome | None], todo: Sequence[int]
+    ) -> list[int]:
+        """The events of `todo` not settled ahead of the batch (`settle_now`); those get their
+        settled outcome."""
+        early = _early.get()
+        if early is None:
+            return list(todo)
+        left: list[int] = []
+        for index in todo:
+            outcome = early.outcome_of(events[index])
+            if outcome is None:
+                left.append(index)
+            else:
+                outcomes[index] = outcome
+        return left
+
+    def _expire(
+        self, events: Sequence[T], outcomes: list[Outcome | None], todo: Sequence[int]
+    ) -> list[int]:
+        """Give the events of `todo` past their deadline their expired outcome; the rest."""
+        if self.deadline_of is None:
+            return list(todo)
+        left: list[int] = []
+        for index in todo:
+            deadline = self.deadline_of(events[index])
+            if not is_past(deadline):
+                left.append(index)
+                continue
+            outcomes[index] = (
+                self.on_expired(events[index])
+                if self.on_expired is not None
+                else PermanentError(f"deadline exceeded ({deadline:%Y-%m-%dT%H:%M:%S.%f} passed)")
+            )
+        if len(left) < len(todo):
+            expired = len(todo) - len(left)
+            log.info("deadline exceeded, not handled", stream=self.stream, events=expired)
+        return left
+
+    def _earliest_deadline(self, events: Sequence[T], todo: Sequence[int]) -> float | None:
+        """The earliest deadline of these events, on the monotonic clock; None if none has."""
+        if self.deadline_of is None:
+            return None
+        deadlines = [d for i in todo if (d := self.deadline_of(events[i])) is not None]
+        return min(monotonic_of(d) for d in deadlines) if deadlines else None

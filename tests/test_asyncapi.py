@@ -30,9 +30,12 @@ PIPELINE = {
     "retriever:rag.dlq": ("send", "rag.dlq", "DeadLetter"),
     "reranker:rag.retrieved": ("receive", "rag.retrieved", "Retrieved"),
     "reranker:rag.reranked": ("send", "rag.reranked", "Reranked"),
+    "reranker:rag.answers": ("send", "rag.answers", "Answer"),
     "reranker:rag.dlq": ("send", "rag.dlq", "DeadLetter"),
     "generator:rag.reranked": ("receive", "rag.reranked", "Reranked"),
-    "generator:rag.answers": ("send", "rag.answers", "AnswerOrAnswerDelta"),
+    "generator:rag.answers": ("send", "rag.answers", "AnswerOrAnswerDeltaOrAnswerInvalidated"),
+    "generator:rag.indexed": ("receive", "rag.indexed", "DocIndexed"),
+    "generator:rag.queries": ("send", "rag.queries", "Query"),
     "generator:rag.dlq": ("send", "rag.dlq", "DeadLetter"),
 }
 

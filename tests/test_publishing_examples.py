@@ -41,6 +41,7 @@ EVENTS: dict[str, TypeAdapter[Any]] = {
     "query": QUERY,
     "answer": REPLY,
     "answer_delta": REPLY,
+    "answer.invalidated": REPLY,
     "indexed": TypeAdapter(DocIndexed),
     "dead_letter": TypeAdapter(DeadLetter),
 }

@@ -42,9 +42,9 @@ def _error(description: str) -> dict[str, Any]:
 async def query(body: QueryRequest, gateway: GatewayDep) -> Answer | Response:
     """Ask a question; the Answer cites the chunks it used. A failed pipeline step shows in the
     Answer's `error` (still 200): only the gateway's own failures are HTTP errors."""
-    event = new_query(body, gateway.replies.stream)
-    structlog.contextvars.bind_contextvars(query_id=event.query_id)
     timeout_s = gateway.timeout_for(body.timeout_s)
+    event = new_query(body, gateway.replies.stream, timeout_s)
+    structlog.contextvars.bind_contextvars(query_id=event.query_id)
     router, streams = gateway.replies, gateway.streams
     try:
         if not body.stream:

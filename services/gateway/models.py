@@ -8,12 +8,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
 from shared.contracts.base import non_blank
 from shared.contracts.docs import DocId, DocVersion
-from shared.contracts.queries import QueryText
+from shared.contracts.queries import MAX_AFTER_DOCS, QueryText
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 """Types as the schema says: no "5" for 5, no 1 for true."""
-_NOT_BLANK = {"pattern": r"\S"}
-"""Documents in the schema what `non_blank` checks (with a clearer message than a pattern's)."""
+_NOT_BLANK = {"pattern": r"[^\s\x1c-\x1f\x85]"}
+"""What `non_blank` checks, for the schema (Python counts \\x1c-\\x1f and \\x85 as space)."""
 
 
 def _whole_number(value: object) -> object:
@@ -56,6 +56,13 @@ class QueryRequest(BaseModel):
         gt=0,
         description="Seconds to wait for the answer (504 past it); default and cap are the "
         "gateway's `query_timeout_s` and `max_query_timeout_s`.",
+    )
+    after: dict[DocId, Annotated[DocVersion, Integer]] | None = Field(
+        default=None,
+        max_length=MAX_AFTER_DOCS,
+        description="Read your writes: {doc_id: version} (as `POST /v1/documents` answered); "
+        "the answer is read from an index serving at least these versions, or says "
+        "`possibly_stale` if the index did not get there in time.",
     )
 
 

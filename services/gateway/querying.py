@@ -12,10 +12,13 @@ from services.gateway.models import ErrorResponse, QueryRequest
 from services.gateway.publishing import publish
 from services.gateway.replies import Inbox, ReplyRouter
 from shared.contracts import Answer, AnswerDelta, Query
+from shared.deadlines import deadline_after
 from shared.settings import StreamSettings
 
 
-def new_query(request: QueryRequest, reply_to: str) -> Query:
+def new_query(request: QueryRequest, reply_to: str, timeout_s: float) -> Query:
+    """The request's Query; its `deadline` is when the gateway stops waiting (now +
+    `timeout_s`), so no stage works on it after that."""
     return Query(
         query_id=uuid4().hex,
         text=request.text,
@@ -24,6 +27,8 @@ def new_query(request: QueryRequest, reply_to: str) -> Query:
         filters=request.filters,
         stream=request.stream,
         reply_to=reply_to,
+        deadline=deadline_after(timeout_s),
+        after=request.after,
     )
 
 

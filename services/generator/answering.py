@@ -1,6 +1,5 @@
 """Reranked candidates in; streamed deltas and one final Answer out, on the reply stream."""
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
@@ -9,10 +8,12 @@ from services.generator.chat import ChatBackend
 from services.generator.generation import generate
 from services.generator.settings import GeneratorSettings
 from shared import metrics
+from shared.bounded import map_bounded
 from shared.contracts import Answer, Reranked
 from shared.contracts.base import utcnow
+from shared.deadlines import is_past
 from shared.errors import PermanentError
-from shared.replies import reply_stream
+from shared.replies import deadline_answer_now, reply_stream
 from shared.settings import StreamSettings
 from shared.stage import Outcome, Publication
 
@@ -34,6 +35,8 @@ async def answer_one(
             reply = reply_stream(query, streams)
         except PermanentError as exc:
             return exc
+        if is_past(query.deadline):  # it may have waited for its turn
+            return await deadline_answer_now(reranked, query, streams, "generator")
         final: Answer | None = None
         async for event in generate(reranked, settings, chat=chat):
             if isinstance(event, Answer):
@@ -59,7 +62,10 @@ async def answer_batch(
     streams: StreamSettings,
     publish: Publish,
 ) -> list[Outcome]:
-    """Queries of one batch are answered concurrently (an LLM call is mostly waiting)."""
-    return list(
-        await asyncio.gather(*(answer_one(e, settings, chat, streams, publish) for e in events))
-    )
+    """Queries of one batch are answered concurrently (an LLM call is mostly waiting), at most
+    `settings.concurrency` at a time."""
+
+    async def one(event: Reranked) -> Outcome:
+        return await answer_one(event, settings, chat, streams, publish)
+
+    return await map_bounded(one, events, settings.concurrency)

@@ -72,6 +72,7 @@ class _Run:
             rerank_degraded=self.reranked.rerank_degraded,
             timings=self.reranked.timings.model_copy(update={"generate_ms": elapsed_ms}),
             usage=usage or Usage(),
+            possibly_stale=self.reranked.possibly_stale,
         )
 
 

@@ -68,6 +68,37 @@ class GeneratorSettings(StageSettings):
     extractive_sentences: int = Field(
         default=3, ge=1, description="Sentences the extractive backend puts in an answer."
     )
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Queries of one batch answered at once, at most (an LLM call is mostly "
+        "waiting; a local server may serve fewer at a time); 1: one after the other.",
+    )
+    reply_ttl_s: int = Field(
+        default=3600,
+        ge=1,
+        description="A reply stream under the answers stream (`rag.answers.<client>`) expires "
+        "this many seconds after the generator last published to it (each publication renews "
+        "it); the shared `rag.answers` never expires.",
+    )
+    subscription_ttl_s: int = Field(
+        default=3600,
+        ge=1,
+        description="How long a `subscribe` query's Answer is watched for changes of the docs "
+        "it cited, from its first Answer (regenerated Answers inherit the end).",
+    )
+    max_subscriptions_per_doc: int = Field(
+        default=1000,
+        ge=1,
+        description="Subscriptions that may watch one doc; past it new ones are refused (the "
+        "Answer is still sent, unwatched; counted in `<indexed>:watch:refused`).",
+    )
+    max_subscriptions: int = Field(
+        default=100_000,
+        ge=1,
+        description="Subscriptions in all, at most (about 0.5 KB each, 1 KB with `regenerate`: "
+        "README); past it new ones are refused.",
+    )
 
     @model_validator(mode="after")
     def _imply_openai_backend(self) -> Self:

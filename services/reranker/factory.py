@@ -13,6 +13,24 @@ def build_reranker(settings: RerankerSettings) -> Reranker | None:
     """
     if settings.backend == "none":
         return None
+    if settings.backend == "cross-encoder" and settings.runtime == "onnx":
+        if not settings.model and settings.onnx_path is None:
+            raise ValueError(
+                "RAG_RERANKER_RUNTIME=onnx needs RAG_RERANKER_ONNX_PATH (an export of "
+                "`ragstream export-onnx --cross-encoder`) or the RAG_RERANKER_MODEL it was "
+                "exported from"
+            )
+        from services.reranker.cross_encoder import CrossEncoderReranker
+        from shared.onnx_models import default_export_dir
+
+        return CrossEncoderReranker.load_onnx(
+            settings.onnx_path or default_export_dir(settings.model, "cross-encoder"),
+            precision=settings.onnx_precision,
+            threads=settings.threads,
+            batch_size=settings.predict_batch_size,
+            chunk_size=settings.chunk_pairs,
+            max_seq_length=settings.max_seq_length,
+        )
     if settings.backend == "cross-encoder":
         if not settings.model:
             raise ValueError(
@@ -26,6 +44,7 @@ def build_reranker(settings: RerankerSettings) -> Reranker | None:
             device=settings.device,
             threads=settings.threads,
             batch_size=settings.predict_batch_size,
+            chunk_size=settings.chunk_pairs,
             max_seq_length=settings.max_seq_length,
         )
     if settings.backend == "cohere":

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from shared import metrics
 from shared.contracts.queries import Candidate, Query
+from shared.deadlines import seconds_left
 from shared.errors import RagStreamError
 from shared.logging import get_logger
 
@@ -128,7 +129,9 @@ async def rerank(
 ) -> RerankOutcome:
     """The `top_n` candidates in the reranker's order, or in fused order if it cannot deliver.
 
-    `budget_ms` bounds the whole `reranker.score` call (None: unbounded). With `fused_weight`
+    `budget_ms` bounds the whole `reranker.score` call (None: unbounded), and so does the time
+    left before the query's `deadline`: the call is abandoned at whichever comes first (a local
+    model then stops scoring, see `services.reranker.worker`). With `fused_weight`
     > 0 the order is that of `blended` reranker and fused scores (`rerank_score` stays the
     reranker's own). With `depth`, only the first `depth` fused candidates are scored (a
     cross-encoder's cost grows with every pair); the rest keep their fused order below them.
@@ -150,12 +153,20 @@ async def rerank(
         return outcome(fused)
     head, tail = (fused[:depth], fused[depth:]) if depth is not None else (fused, [])
     passages = [passage_text(c, max_passage_chars) for c in head]
+    limit_ms, at_deadline = budget_ms, False
+    if query.deadline is not None:
+        left_ms = max(0.0, seconds_left(query.deadline) * 1000)
+        if limit_ms is None or left_ms < limit_ms:
+            limit_ms, at_deadline = left_ms, True
     try:
-        async with asyncio.timeout(budget_ms / 1000 if budget_ms is not None else None):
+        async with asyncio.timeout(limit_ms / 1000 if limit_ms is not None else None):
             scores = await reranker.score(query.text, passages)
         _check_scores(scores, len(passages), reranker.name)
     except TimeoutError:
-        kind, reason = "timeout", f"rerank timed out after {budget_ms:g} ms"
+        if at_deadline:
+            kind, reason = "deadline", f"rerank stopped at the query's deadline ({limit_ms:.0f} ms)"
+        else:
+            kind, reason = "timeout", f"rerank timed out after {budget_ms:g} ms"
     except RerankError as exc:
         kind, reason = "provider", exc.reason
     except Exception as exc:

@@ -1,14 +1,17 @@
 """Reranker settings (env prefix `RAG_RERANKER_`): which backend rescores the fused candidates,
 and how long it may take."""
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from shared.settings import OnnxPrecision
 from shared.stage_settings import StageSettings
 
 RerankBackend = Literal["none", "cross-encoder", "cohere"]
+CrossEncoderRuntime = Literal["torch", "onnx"]
 
 DEFAULT_COHERE_MODEL = "rerank-v3.5"
 
@@ -90,12 +93,49 @@ class RerankerSettings(StageSettings):
         "by the reranker alone. 0.5 measured best with the SciFact-trained cross-encoder "
         "(docs/evaluation.md).",
     )
-    device: str = Field(default="cpu", description="cross-encoder: torch device.")
+    runtime: CrossEncoderRuntime = Field(
+        default="torch",
+        description="cross-encoder: `torch` (sentence-transformers) or `onnx` (ONNX Runtime, no "
+        "torch needed: the export of `model` by `ragstream export-onnx --cross-encoder`, read "
+        "from `onnx_path`).",
+    )
+    onnx_path: Path | None = Field(
+        default=None,
+        description="cross-encoder on onnx: the export directory; default: where `export-onnx "
+        "--cross-encoder --model <model>` writes (`~/.cache/ragstream/onnx/cross-encoder-"
+        "<folder>-<hash of the model path>`).",
+    )
+    onnx_precision: OnnxPrecision = Field(
+        default="fp32",
+        description="cross-encoder on onnx: `fp32` or `int8` (written by `export-onnx --int8`).",
+    )
+    device: str = Field(
+        default="cpu", description="cross-encoder: torch device (onnx: always the CPU)."
+    )
     threads: int | None = Field(
-        default=None, ge=1, description="cross-encoder: torch intra-op threads; default: torch's."
+        default=None,
+        ge=1,
+        description="cross-encoder: intra-op threads of torch or ONNX Runtime; default: the "
+        "runtime's.",
     )
     predict_batch_size: int = Field(
         default=32, ge=1, description="cross-encoder: (query, passage) pairs scored per batch."
+    )
+    chunk_pairs: int = Field(
+        default=8,
+        ge=1,
+        description="cross-encoder: pairs scored between two checks for a call given up (its "
+        "budget or its query's deadline ran out): abandoned scoring holds the model for at most "
+        "this many more pairs.",
+    )
+    concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="Queries of one batch reranked at once, at most; 1: one after the other. "
+        "Cohere requests overlap; a cross-encoder still scores one call at a time, first come "
+        "first served, and a call's wait counts against its `budget_ms`: under load more "
+        "queries keep the fused order, rather than waiting (and missing deadlines) behind "
+        "each other.",
     )
     max_seq_length: int | None = Field(
         default=None,

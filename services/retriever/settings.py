@@ -17,3 +17,16 @@ class RetrieverSettings(StageSettings):
     candidates: int = Field(
         default=300, ge=1, description="Depth read from each list (dense, BM25) before fusion."
     )
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Searches of one batch run at once, at most (the batch's queries are "
+        "embedded together first); 1: one after the other.",
+    )
+    after_wait_s: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="Read-your-writes: how long a query with `after` waits for the index to "
+        "serve those doc versions (never past its deadline) before it is searched anyway and "
+        "answered `possibly_stale`.",
+    )

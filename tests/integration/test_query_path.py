@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -164,3 +165,37 @@ async def test_bad_queries_get_error_answers_and_dead_letters(
         redis, Query(query_id="q-after", text="What is Titan?"), timeout=30, streams=streams
     )
     assert ok.error is None
+
+
+async def test_unknown_filter_key_gets_one_error_answer_and_a_dead_letter_at_once(
+    redis: Redis, query_path: QueryPath, corpus: None
+) -> None:
+    streams = query_path.streams
+    start = (await redis.xrevrange(streams.dlq, count=1) or [(b"0-0", {})])[0][0]
+    query = Query(query_id="q-filter", text="Mars?", filters={"language": "en"})
+
+    answer = await send_and_wait(redis, query, timeout=30, streams=streams)
+
+    assert answer.error is not None and "cannot filter on ['language']" in answer.error
+    letters = [
+        DeadLetter.model_validate_json(f[b"event"])
+        for _, f in await redis.xrange(streams.dlq, min=f"({start.decode()}")
+    ]
+    assert [(letter.query_id, letter.deliveries) for letter in letters] == [("q-filter", 1)]
+    await asyncio.sleep(0.5)  # no second answer follows (it is not redelivered)
+    found = [f for _, f in await redis.xrange(streams.answers) if b"q-filter" in f[b"event"]]
+    assert len(found) == 1
+
+
+async def test_query_past_its_deadline_gets_a_deadline_error(
+    redis: Redis, query_path: QueryPath, corpus: None
+) -> None:
+    late = Query(
+        query_id="q-late", text="What is Titan?", deadline=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    answer = await send_and_wait(redis, late, timeout=30, streams=query_path.streams)
+    assert answer.abstained and not answer.citations
+    assert (answer.error or "").startswith("deadline exceeded at the retriever")
+    # ask() gives its queries a deadline (now + timeout); in time, they are answered as usual.
+    ok = await ask(redis, "What is Titan?", timeout=30, streams=query_path.streams)
+    assert ok.error is None and ok.citations
