@@ -10,16 +10,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import KeyT, StreamIdT
 
 from shared import tracing, wire
 from shared.contracts import DeadLetter, DocDelete, DocIndexed, DocUpsert
+from shared.errors import REDIS_DOWN
 from shared.settings import StreamSettings
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 RECONNECT_PAUSE_S = 0.5
 PUBLISH_CHUNK = 500
 T = TypeVar("T")

@@ -1,5 +1,11 @@
 """The exception tree every stage uses to decide: retry, or dead-letter."""
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+"""What redis-py raises while Redis is unreachable: wait and retry, never dead-letter."""
+
 
 class RagStreamError(Exception):
     """Base of every error ragstream raises on purpose."""

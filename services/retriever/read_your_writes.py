@@ -21,15 +21,13 @@ from uuid import UUID
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.retriever.settings import RetrieverSettings
 from shared import wire
 from shared.contracts import DocIndexed, Query, Retrieved
 from shared.deadlines import seconds_left
 from shared.delivery import BatchHandler, Outcome, Publication
-from shared.errors import PermanentError
+from shared.errors import REDIS_DOWN, PermanentError
 from shared.settings import StreamSettings
 from shared.store.base import Store
 from shared.store.versioning import VersionedStore
@@ -37,7 +35,6 @@ from shared.store.versioning import VersionedStore
 log = structlog.get_logger("ragstream.retriever")
 RECHECK_S = 0.5
 """Ask the index again at least this often while waiting, acks or not."""
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 
 async def missing_versions(store: Store, after: Mapping[str, int]) -> dict[str, int]:
