@@ -2,8 +2,8 @@
 five stages on it, a document in, an answer citing it out; SIGTERM stops everything, server too."""
 
 import asyncio
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -47,6 +47,14 @@ async def ingest_and_ask(redis_url: str) -> Answer:
         await redis.aclose()
 
 
+def _event(line: str) -> dict[str, object]:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
 def test_up_with_weaviate_ingests_answers_and_stops_cleanly(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -71,9 +79,10 @@ def test_up_with_weaviate_ingests_answers_and_stops_cleanly(
             line = up.stderr.readline()
             assert line or up.poll() is None, "".join(lines[-30:])
             lines.append(line)
-            if found := re.search(r"Weaviate at (http://127\.0\.0\.1:\d+)", line):
-                weaviate_url = found.group(1)
-            if "ragstream is up" in line:
+            event = _event(line)  # off a terminal, `up` says what it does as JSON log events
+            if event.get("event") == "weaviate ready":
+                weaviate_url = str(event["url"])
+            if event.get("event") == "up":
                 break
         else:
             pytest.fail("ragstream up did not become ready: " + "".join(lines[-30:]))
