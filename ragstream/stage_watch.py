@@ -28,12 +28,15 @@ async def watch_readers(
     *,
     absent_after_s: float = ABSENT_AFTER_S,
     poll_s: float = POLL_S,
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Call `on_absent(stage, stream)` once for each reader that has had no live consumer for
-    `absent_after_s`; returns when every one was reported. Redis failing is not absence."""
+    `absent_after_s`; returns when every one was reported, or `stop` is set. Redis failing is
+    not absence."""
+    stop = stop or asyncio.Event()
     missing_since: dict[Reader, float] = {}
     pending = list(readers)
-    while pending:
+    while pending and not stop.is_set():
         for reader in list(pending):
             try:
                 live = await ready_consumers(redis, reader[1], reader[0])
@@ -46,7 +49,8 @@ async def watch_readers(
             elif now - missing_since.setdefault(reader, now) >= absent_after_s:
                 pending.remove(reader)
                 on_absent(*reader)
-        await asyncio.sleep(poll_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_s)
 
 
 @asynccontextmanager
@@ -64,10 +68,16 @@ async def watching(
         absent.append(stage)
         on_absent(stage, stream)
 
-    task = asyncio.create_task(watch_readers(redis, readers, record, absent_after_s=absent_after_s))
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        watch_readers(redis, readers, record, absent_after_s=absent_after_s, stop=stop)
+    )
     try:
         yield absent
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # A stop flag, not only a cancel: a cancel landing inside a redis-py call can be
+        # swallowed there, and awaiting the task would then hang.
+        stop.set()
+        _, late = await asyncio.wait({task}, timeout=2 * POLL_S)
+        for straggler in late:
+            straggler.cancel()

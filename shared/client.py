@@ -84,12 +84,14 @@ async def ask_and_watch(
     streams: StreamSettings | None = None,
     on_delta: Callable[[AnswerDelta], None] | None = None,
     after: Mapping[str, int] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> AsyncGenerator[Answer | AnswerInvalidated, None]:
     """Ask with `subscribe`: yield the Answer, then an `AnswerInvalidated` each time a doc it
     cited changes or is deleted, and with `regenerate` each new Answer (its `supersedes` names
     the Answer it replaces), until `watch_for` seconds after the first Answer (None: until the
-    caller stops). Close it (`contextlib.aclosing`) to end the subscription and delete the reply
-    stream at once. Raises TimeoutError if the first Answer takes longer than `timeout`.
+    caller stops) or `stop` is set. Close it (`contextlib.aclosing`) to end the subscription
+    and delete the reply stream at once. Raises TimeoutError if the first Answer takes longer
+    than `timeout`.
     """
     streams = streams or StreamSettings()
     query = Query(
@@ -120,7 +122,7 @@ async def ask_and_watch(
         else:
             raise TimeoutError(f"no answer to query {query.query_id} within {timeout:.1f} s")
         async for event in reader.replies(
-            None if watch_for is None else time.monotonic() + watch_for
+            None if watch_for is None else time.monotonic() + watch_for, stop
         ):
             if not isinstance(event, AnswerDelta):
                 yield event
@@ -174,14 +176,21 @@ class _Reader:
     def __init__(self, redis: Redis, query: Query, stream: str, cursor: bytes) -> None:
         self.redis, self.query, self.stream, self.cursor = redis, query, stream, cursor
 
-    async def replies(self, until: float | None) -> AsyncIterator[Reply]:
-        """The query's replies as they come, until the monotonic time `until` (None: ever)."""
+    async def replies(
+        self, until: float | None, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[Reply]:
+        """The query's replies as they come, until the monotonic time `until` (None: ever) or
+        `stop` is set (checked at least once a second)."""
         query_id = self.query.query_id
         while until is None or (left := until - time.monotonic()) > 0:
+            if stop is not None and stop.is_set():
+                return
             block_ms = 1000 if until is None else max(1, int(min(left, 1) * 1000))
             try:
                 response = await self.redis.xread({self.stream: self.cursor}, block=block_ms)
             except (RedisConnectionError, RedisTimeoutError):
+                if _cancelling():  # a cancel (Ctrl-C) that redis-py's own timeout turned into
+                    raise asyncio.CancelledError from None  # a TimeoutError: stop, don't retry
                 # Redis restarting: keep the cursor and wait on, so no reply is missed.
                 await asyncio.sleep(0.5 if until is None else min(0.5, max(0.0, left)))
                 continue
@@ -194,6 +203,11 @@ class _Reader:
                     event = REPLY.validate_json(payload)
                     if event.query_id == query_id:
                         yield event
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _delete(redis: Redis, stream: str) -> None:
