@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 
+from ragstream.child_processes import PARENT_PID_ENV, popen_options
 from ragstream.redis_server import RedisServer, free_port, start_server
 from shared.logging import FORMAT_ENV, resolve_format
 from shared.readiness import ready_pattern
@@ -71,13 +72,15 @@ class Pipeline:
     def start_stage(self, stage: str, extra_env: dict[str, str] | None = None) -> None:
         """Start `stage`; its /livez, /readyz and /metrics go on a free port (`http_ports`)
         unless `RAG_<STAGE>_HTTP_PORT` is set. In a session of its own: Ctrl-C in a terminal
-        reaches this process only, which stops the stages in order (`stop`)."""
+        reaches this process only, which stops the stages in order (`stop`); if this process
+        dies without stopping it, the stage stops itself (`ragstream.child_processes`)."""
         env = {**self.env(), **(extra_env or {})}
         port_var = f"RAG_{stage.upper()}_HTTP_PORT"
         env.setdefault(port_var, str(free_port()))
         self.http_ports[stage] = int(env[port_var])
+        env[PARENT_PID_ENV] = str(os.getpid())  # it stops itself if this process is gone
         self.children[stage] = subprocess.Popen(
-            [sys.executable, "-m", "ragstream", "run", stage], env=env, start_new_session=True
+            [sys.executable, "-m", "ragstream", "run", stage], env=env, **popen_options()
         )
 
     def wait_ready(

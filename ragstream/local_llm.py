@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from ragstream.child_processes import popen_options
 from ragstream.redis_server import free_port
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -55,7 +56,11 @@ def start_local_llm(timeout: float = 120.0) -> LocalLLM:
     port = free_port()
     args = [sys.executable, "-m", "llama_cpp.server", "--model", smollm2_path(),
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"]  # fmt: skip
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session (Ctrl-C reaches `up`, which stops it after the generator); SIGTERM when
+    # this process ends, however it ends (`ragstream.child_processes`)
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen_options()
+    )
     llm = LocalLLM(process, f"http://127.0.0.1:{port}/v1")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

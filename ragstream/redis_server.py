@@ -19,6 +19,7 @@ from typing import Literal
 
 import redis
 
+from ragstream.child_processes import popen_options
 from ragstream.server_process import ServerProcess
 
 
@@ -90,9 +91,9 @@ def start_server(
     if requirepass is not None:
         args += ["--requirepass", requirepass]
     # Its own session: a Ctrl-C on the terminal reaches the stages (which drain, then we stop
-    # the server), not the server under them.
+    # the server), not the server under them. SIGTERM when this process ends, however it ends.
     process = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen_options()
     )
     server = RedisServer(process, port, data_dir)
     client = redis.Redis(port=port, password=requirepass, socket_connect_timeout=0.5)

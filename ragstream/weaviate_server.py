@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ragstream.child_processes import popen_options
 from ragstream.redis_server import free_port
 from ragstream.server_process import ServerProcess
 from shared.settings import StoreSettings
@@ -168,7 +169,7 @@ def start_weaviate(
         env=server_env(data_dir, ports, api_key),
         stdout=log_file,
         stderr=subprocess.STDOUT,
-        start_new_session=True,
+        **popen_options(),  # its own session; SIGTERM when this process ends
     )
     log_file.close()
     server = WeaviateServer(process, ports, data_dir, binary, api_key)
