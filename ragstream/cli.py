@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from redis.asyncio import Redis
@@ -20,14 +21,22 @@ from rich.console import Console
 from rich.markup import escape
 
 from ragstream import allinone
+from ragstream.child_processes import watch_parent
 from ragstream.evaluation.arguments import add_eval_arguments, add_train_arguments
 from ragstream.output import START_HINT, CommandFailed, Output, redacted
 from shared.logging import FORMAT_CHOICES, FORMAT_ENV, configure_logging, resolve_format
+
+if TYPE_CHECKING:
+    from ragstream.sync import SyncState
 
 DATA_DIR = Path(os.environ.get("RAGSTREAM_DATA_DIR", ".ragstream"))
 err = Console(stderr=True)
 out = Console()
 Command = Callable[[argparse.Namespace, Output], int]
+STATE_HELP = (
+    "the sync state file: doc id -> version and content hash (default: "
+    "<data dir>/sync/<hash of the folder's absolute path>.json)"
+)
 
 
 def _redis_url() -> str:
@@ -41,6 +50,7 @@ def _redis() -> Redis:
 def cmd_run(args: argparse.Namespace, say: Output) -> int:
     """One stage (or the gateway) in the foreground: what a Kubernetes Deployment starts."""
     structlog.contextvars.bind_contextvars(stage=args.stage)  # on each of its log lines
+    watch_parent()  # started by `up`: stop (as on SIGTERM) if `up` is gone
     if args.stage == "gateway":
         from services.gateway.serve import main as serve_gateway
 
@@ -52,6 +62,9 @@ def cmd_run(args: argparse.Namespace, say: Output) -> int:
 
 
 def cmd_up(args: argparse.Namespace, say: Output) -> int:
+    # Until `_up` is up and handles it, SIGTERM stops the start as Ctrl-C does: what was
+    # started is stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     env: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         if args.llm == "local":
@@ -151,6 +164,8 @@ def cmd_weaviate(args: argparse.Namespace, say: Output) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, say: Output) -> int:
+    if args.sync:
+        return cmd_ingest_sync(args, say)
     from ragstream.ingest import IngestReport, Published, ingest, load_documents
     from ragstream.stage_watch import watching
     from shared.settings import StreamSettings
@@ -158,7 +173,7 @@ def cmd_ingest(args: argparse.Namespace, say: Output) -> int:
     try:
         docs = load_documents(Path(args.path))
     except (OSError, ValueError) as exc:
-        raise CommandFailed("unreadable input", str(exc)) from None
+        raise CommandFailed("unreadable input", str(exc), reason=str(exc)) from None
     if not docs:
         raise CommandFailed("no documents", f"no documents found in {args.path}")
     streams = StreamSettings()
@@ -201,6 +216,171 @@ def cmd_ingest(args: argparse.Namespace, say: Output) -> int:
         say.ok("ingested", report.describe(), **report.summary())
     elif not as_json:
         out.print(f"[green]✓[/] {escape(report.describe())}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _sync_state(args: argparse.Namespace, folder: Path) -> "SyncState":
+    """`--state FILE`, else `<data dir>/sync/<hash of the folder's absolute path>.json`."""
+    from ragstream.sync import SyncState, default_state_path
+
+    if not folder.is_dir():
+        raise CommandFailed("not a folder", f"{args.command} needs a folder, got {folder}")
+    path = Path(args.state) if args.state else default_state_path(DATA_DIR, folder)
+    try:
+        return SyncState.load(path)
+    except (OSError, ValueError) as exc:
+        raise CommandFailed("unreadable sync state", str(exc)) from None
+
+
+def cmd_ingest_sync(args: argparse.Namespace, say: Output) -> int:
+    """`ingest DIR --sync`: only what changed since the last sync, and deletes of what is gone."""
+    from ragstream.ingest import Published
+    from ragstream.stage_watch import watching
+    from ragstream.sync import SyncResult, sync
+    from shared.settings import StreamSettings
+
+    folder = Path(args.path)
+    state = _sync_state(args, folder)
+    streams = StreamSettings()
+    readers = [("chunker", streams.docs), ("embedder", streams.chunks)]
+
+    def print_ids(published: Sequence[Published]) -> None:
+        if args.print_ids:
+            sys.stdout.write("".join(f"{p.line()}\n" for p in published))
+            sys.stdout.flush()
+
+    async def run() -> SyncResult:
+        redis = _redis()
+        try:
+            with say.status(f"syncing {folder}…"):
+                async with watching(redis, readers, say.stage_absent):
+                    return await sync(
+                        redis, folder, state, streams=streams, timeout_s=args.timeout,
+                        on_connection=say.connection, on_published=print_ids,
+                    )  # fmt: skip
+        finally:
+            await redis.aclose()
+
+    result = asyncio.run(run())
+    for letter in result.report.dead_letters:
+        text = f"dead-lettered {letter.doc_id}: {letter.reason}"
+        say.warn("dead-lettered", text, doc_id=letter.doc_id, reason=letter.reason)
+    for doc_id, why in sorted(result.skipped.items()):
+        say.warn("doc skipped", f"skipped {doc_id}: {why}", doc_id=doc_id, reason=why)
+    summary = result.summary()
+    as_json = args.json or not out.is_terminal
+    if as_json and not args.print_ids:
+        out.print_json(json.dumps(summary))
+    if not result.settled:
+        settled, total = len(result.report.outcomes), len(result.plan.events)
+        raise CommandFailed(
+            "ingest timed out",
+            f"timed out after {args.timeout:g} s: {settled:,} of {total:,} changes acknowledged "
+            "(the next sync sends the rest again)",
+            settled=settled, docs=total,
+        )  # fmt: skip
+    text = (
+        f"synced {folder}: {summary['upserted']:,} upserted, {summary['deleted']:,} deleted, "
+        f"{summary['unchanged']:,} unchanged"
+    )
+    if args.print_ids:
+        say.ok("synced", text, **summary)
+    elif not as_json:
+        out.print(f"[green]✓[/] {escape(text)}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def doc_id_arg(value: str) -> str:
+    if not 1 <= len(value) <= 512:
+        raise argparse.ArgumentTypeError("a doc id is 1 to 512 characters")
+    return value
+
+
+def cmd_delete(args: argparse.Namespace, say: Output) -> int:
+    """Publish a DocDelete per doc id and wait for the index to acknowledge each."""
+    from ragstream.ingest import IngestReport, clock_ms, publish_and_wait
+    from ragstream.stage_watch import watching
+    from shared.contracts import DocDelete
+    from shared.settings import StreamSettings
+
+    version = args.version if args.version is not None else clock_ms()
+    events = [DocDelete(doc_id=d, version=version) for d in dict.fromkeys(args.doc_ids)]
+    streams = StreamSettings()
+    readers = [("chunker", streams.docs), ("embedder", streams.chunks)]
+
+    async def run() -> IngestReport:
+        redis = _redis()
+        try:
+            async with watching(redis, readers, say.stage_absent):
+                return await publish_and_wait(
+                    redis, events, streams=streams, timeout_s=args.timeout,
+                    on_connection=say.connection,
+                )  # fmt: skip
+        finally:
+            await redis.aclose()
+
+    report = asyncio.run(run())
+    outcomes = [
+        {"doc_id": e.doc_id, "version": e.version, "outcome": report.outcomes.get(key)}
+        for e, key in ((e, (e.doc_id, e.version)) for e in events)
+    ]
+    for o in outcomes:
+        name = f"{o['doc_id']} (v{o['version']})"
+        if o["outcome"] == "deleted":
+            say.ok("doc deleted", f"deleted {name}", **o)
+        elif o["outcome"] == "stale":
+            say.warn("doc stale", f"{name} not deleted: the index holds a newer version", **o)
+        elif o["outcome"] == "dead_lettered":
+            say.warn("dead-lettered", f"dead-lettered the delete of {name}", **o)
+    if args.json or not out.is_terminal:
+        out.print_json(json.dumps({**report.summary(), "outcomes": outcomes}))
+    if len(report.outcomes) < len(events):
+        settled = len(report.outcomes)
+        raise CommandFailed(
+            "delete timed out",
+            f"timed out after {args.timeout:g} s: {settled:,} of {len(events):,} deletes "
+            "acknowledged (`ragstream status` shows where the rest are)",
+            settled=settled, docs=len(events),
+        )  # fmt: skip
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace, say: Output) -> int:
+    """Sync a folder now and on every change, until Ctrl-C."""
+    from ragstream.stage_watch import watching
+    from shared.settings import StreamSettings
+
+    try:
+        from ragstream.watch import stop_on_signals, tell_changes, watch
+    except ImportError as exc:
+        text = f"`ragstream watch` needs watchfiles: pip install -e '.[watch]' ({exc})"
+        raise CommandFailed("watchfiles missing", text) from None
+
+    folder = Path(args.path)
+    state = _sync_state(args, folder)
+    streams = StreamSettings()
+    readers = [("chunker", streams.docs), ("embedder", streams.chunks)]
+
+    def ready() -> None:
+        say.ok("watching", f"watching {folder} (Ctrl-C stops)", folder=str(folder))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        redis = _redis()
+        try:
+            async with watching(redis, readers, say.stage_absent):
+                await watch(
+                    redis, folder, state, stop=stop, streams=streams, timeout_s=args.timeout,
+                    debounce_ms=args.debounce, on_ready=ready,
+                    on_result=lambda result: tell_changes(say, result, args.timeout),
+                )  # fmt: skip
+        finally:
+            await redis.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    say.ok("stopped", "stopped watching", folder=str(folder))
     return 0
 
 
@@ -256,6 +436,7 @@ def _ask_and_watch(args: argparse.Namespace, say: Output) -> int:
     new answer) as it comes, until Ctrl-C or `--watch-for` seconds."""
     from ragstream.render import print_answer, print_invalidation
     from ragstream.stage_watch import watching
+    from ragstream.watch import stop_on_signals
     from shared.client import ask_and_watch
     from shared.contracts import Answer, AnswerDelta, AnswerInvalidated
     from shared.settings import StreamSettings
@@ -286,13 +467,15 @@ def _ask_and_watch(args: argparse.Namespace, say: Output) -> int:
             first.append(event)
 
     async def run() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)  # Ctrl-C ends the watch (not a cancel, which redis-py may swallow)
         redis = _redis()
         try:
             async with watching(redis, readers, say.stage_absent) as absent:
                 replies = ask_and_watch(
                     redis, args.question, watch_for=args.watch_for, regenerate=args.regenerate,
                     timeout=args.timeout, top_n=args.top_n, stream=args.stream,
-                    on_delta=show_delta, after=dict(args.after or ()),
+                    on_delta=show_delta, after=dict(args.after or ()), stop=stop,
                 )  # fmt: skip
                 async with contextlib.aclosing(replies):
                     try:
@@ -379,6 +562,41 @@ def cmd_export_onnx(args: argparse.Namespace, say: Output) -> int:
     return run_export(args, out, err)
 
 
+def add_sync_parsers(
+    sub: "argparse._SubParsersAction[argparse.ArgumentParser]", ingest: argparse.ArgumentParser
+) -> None:
+    """`ingest --sync/--state`, `delete` and `watch`."""
+    ingest.add_argument(
+        "--sync", action="store_true",
+        help="for a folder: send only new and changed files (each at a new version) and delete "
+        "the docs of files that are gone; versions are kept per folder (see --state)",
+    )  # fmt: skip
+    ingest.add_argument("--state", metavar="FILE", help=STATE_HELP)
+
+    delete = sub.add_parser("delete", help="delete documents from the index and wait")
+    delete.add_argument("doc_ids", nargs="+", type=doc_id_arg, metavar="DOC_ID")
+    delete.add_argument(
+        "--version", type=int, help="the delete's version (default: the clock in ms, as ingest)"
+    )
+    delete.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    delete.add_argument(
+        "--json", action="store_true", help="print the summary as JSON (the default off a terminal)"
+    )
+    delete.set_defaults(func=cmd_delete)
+
+    watch = sub.add_parser("watch", help="keep the index in step with a folder as files change")
+    watch.add_argument("path")
+    watch.add_argument("--state", metavar="FILE", help=STATE_HELP)
+    watch.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for each change's ack"
+    )
+    watch.add_argument(
+        "--debounce", type=int, default=100, metavar="MS",
+        help="quiet time after a change before it is sent (default 100 ms)",
+    )  # fmt: skip
+    watch.set_defaults(func=cmd_watch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragstream", description=__doc__)
     parser.add_argument(
@@ -420,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stderr): what `ask --after DOC_ID=VERSION` reads back",
     )  # fmt: skip
     ingest.set_defaults(func=cmd_ingest)
+    add_sync_parsers(sub, ingest)
 
     ask = sub.add_parser("ask", help="ask a question; prints the answer with its sources")
     ask.add_argument("question")

@@ -1,23 +1,21 @@
 """`ragstream ingest`: publish doc-change events and wait until the index acknowledges them."""
 
 import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.typing import KeyT, StreamIdT
 
+from ragstream.sources import SourceDoc, load_documents
 from shared import tracing, wire
 from shared.contracts import DeadLetter, DocDelete, DocIndexed, DocUpsert
 from shared.errors import REDIS_DOWN
 from shared.settings import StreamSettings
 
-TEXT_SUFFIXES = {".md", ".markdown", ".txt"}
 RECONNECT_PAUSE_S = 0.5
 PUBLISH_CHUNK = 500
 T = TypeVar("T")
@@ -25,41 +23,9 @@ ConnectionHook = Callable[[str | None], None]
 """Told the reason when the connection to Redis is lost, then None once it is back."""
 
 
-@dataclass(frozen=True)
-class SourceDoc:
-    doc_id: str
-    title: str
-    text: str
-
-
-def load_documents(path: Path) -> list[SourceDoc]:
-    """A folder of .md/.txt files (doc id = relative path) or a JSONL of {doc_id|_id,title,text}."""
-    if path.is_dir():
-        return [_from_file(f, path) for f in sorted(path.rglob("*")) if f.suffix in TEXT_SUFFIXES]
-    if path.suffix == ".jsonl":
-        return list(_from_jsonl(path))
-    if path.suffix in TEXT_SUFFIXES:
-        return [_from_file(path, path.parent)]
-    raise ValueError(f"{path}: expected a folder, a .jsonl file or a .md/.txt file")
-
-
-def _from_file(file: Path, root: Path) -> SourceDoc:
-    text = file.read_text(encoding="utf-8")
-    first = text.lstrip().splitlines()[0] if text.strip() else ""
-    title = first.lstrip("#").strip() if first.startswith("#") else file.stem.replace("-", " ")
-    return SourceDoc(str(file.relative_to(root)), title, text)
-
-
-def _from_jsonl(file: Path) -> Iterator[SourceDoc]:
-    with file.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            doc_id = row.get("doc_id") or row.get("_id")
-            if not doc_id or "text" not in row:
-                raise ValueError(f"{file}:{number}: needs doc_id (or _id) and text")
-            yield SourceDoc(str(doc_id), str(row.get("title", "")), str(row["text"]))
+def clock_ms() -> int:
+    """The default version of a doc event: the wall clock in milliseconds."""
+    return time.time_ns() // 1_000_000
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -210,14 +176,12 @@ async def ingest(
     on_connection: ConnectionHook | None = None,
     on_published: Callable[[Sequence[Published]], None] | None = None,
 ) -> IngestReport:
-    """Publish one upsert per doc, then follow `rag.indexed` and `rag.dlq` until each is settled.
+    """Publish one upsert (or delete) per doc, then follow `rag.indexed` and `rag.dlq` until each
+    is settled. A doc's own version wins, else `version`, else the clock (ms).
     `on_published` is told each published chunk of events, with their entry ids."""
     streams = streams or StreamSettings()
-    version = version if version is not None else time.time_ns() // 1_000_000
-    events = [
-        DocUpsert(doc_id=d.doc_id, version=version, title=d.title, text=d.text, source="cli")
-        for d in docs
-    ]
+    version = version if version is not None else clock_ms()
+    events = [d.event(version) for d in docs]
     return await publish_and_wait(
         redis, events, streams=streams, timeout_s=timeout_s,
         on_progress=on_progress, on_connection=on_connection, on_published=on_published,
@@ -313,6 +277,7 @@ __all__ = [
     "Published",
     "SourceDoc",
     "after_of",
+    "clock_ms",
     "ingest",
     "load_documents",
     "publish_and_wait",
