@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 from rich.markup import escape
 
@@ -24,6 +22,7 @@ from ragstream import allinone
 from ragstream.child_processes import watch_parent
 from ragstream.evaluation.arguments import add_eval_arguments, add_train_arguments
 from ragstream.output import START_HINT, CommandFailed, Output, redacted
+from shared.errors import REDIS_DOWN
 from shared.logging import FORMAT_CHOICES, FORMAT_ENV, configure_logging, resolve_format
 
 if TYPE_CHECKING:
@@ -715,7 +714,7 @@ def main(argv: list[str] | None = None) -> None:
     except CommandFailed as exc:
         say.fail(exc.event, exc.text, **exc.fields)
         code = 1
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except REDIS_DOWN as exc:
         url = redacted(_redis_url())
         text = f"Redis unreachable at {url} ({exc}): {START_HINT}, or set REDIS_URL"
         say.fail("redis unreachable", text, url=url, reason=str(exc))

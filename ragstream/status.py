@@ -106,13 +106,13 @@ async def stream_status(redis: Redis, role: str, name: str, now_ms: int) -> Stre
 
 
 async def group_status(redis: Redis, stream: str, info: dict[str, Any], now_ms: int) -> GroupStatus:
-    group = _text(info["name"])
+    group = wire.text_of(info["name"])
     pending = int(info["pending"])
     oldest_age_s = None
     if pending:
         summary = await redis.xpending(stream, group)
         if summary.get("min"):
-            oldest_age_s = max(0.0, (now_ms - entry_ms(summary["min"])) / 1000)
+            oldest_age_s = max(0.0, (now_ms - wire.entry_ms(summary["min"])) / 1000)
     lag = info.get("lag")
     return GroupStatus(
         name=group,
@@ -127,7 +127,7 @@ async def index_status(redis: Redis, indexed_stream: str) -> IndexStatus:
     """One HSCAN of the per-doc state hash (its size is the number of documents)."""
     states: dict[str, doc_state.DocState] = {}
     async for field, raw in redis.hscan_iter(doc_state.state_key(indexed_stream), count=PAGE):
-        doc_id = _text(field)
+        doc_id = wire.text_of(field)
         try:
             states[doc_id] = doc_state.DocState.model_validate(
                 {**json.loads(raw), "doc_id": doc_id}
@@ -167,12 +167,3 @@ async def freshness(
         p50_ms=percentile(samples, 50) if samples else None,
         p99_ms=percentile(samples, 99) if samples else None,
     )
-
-
-def entry_ms(entry_id: bytes | str) -> int:
-    """The millisecond timestamp of a stream entry id (`<ms>-<seq>`)."""
-    return int(_text(entry_id).split("-", 1)[0])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -4,8 +4,6 @@ import asyncio
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
@@ -13,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ragstream.status import GroupStatus, Status, gather
+from shared.errors import REDIS_DOWN
 from shared.settings import StreamSettings
 
 log = structlog.get_logger("ragstream.cli")
@@ -106,5 +105,5 @@ async def _snapshot(redis: Redis, streams: StreamSettings | None, minutes: float
     """The status, or why Redis could not be read."""
     try:
         return await gather(redis, streams, minutes=minutes)
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except REDIS_DOWN as exc:
         return str(exc) or type(exc).__name__

@@ -13,14 +13,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from uuid import uuid4
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import answer_watch, tracing, wire
 from shared.contracts import Answer, AnswerDelta, AnswerInvalidated, Query
 from shared.contracts.answers import REPLY
 from shared.deadlines import deadline_after
+from shared.errors import REDIS_DOWN
 from shared.replies import own_reply_stream
 from shared.settings import StreamSettings
 
@@ -188,7 +187,7 @@ class _Reader:
             block_ms = 1000 if until is None else max(1, int(min(left, 1) * 1000))
             try:
                 response = await self.redis.xread({self.stream: self.cursor}, block=block_ms)
-            except (RedisConnectionError, RedisTimeoutError):
+            except REDIS_DOWN:
                 if _cancelling():  # a cancel (Ctrl-C) that redis-py's own timeout turned into
                     raise asyncio.CancelledError from None  # a TimeoutError: stop, don't retry
                 # Redis restarting: keep the cursor and wait on, so no reply is missed.

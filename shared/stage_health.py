@@ -9,7 +9,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from shared import metrics
+from shared import metrics, wire
 from shared.errors import REDIS_DOWN
 from shared.ops_server import ReadinessCheck
 from shared.readiness import ready_key
@@ -49,7 +49,7 @@ class Health:
             async with asyncio.timeout(2.0):
                 for subscription in self.subscriptions:
                     groups = await self.redis.xinfo_groups(subscription.stream)
-                    if not any(_text(g["name"]) == self.group for g in groups):
+                    if not any(wire.text_of(g["name"]) == self.group for g in groups):
                         return [f"consumer group {self.group} is missing on {subscription.stream}"]
         except (*REDIS_DOWN, ResponseError, TimeoutError) as exc:
             return [f"redis: {exc or type(exc).__name__}"]
@@ -80,13 +80,9 @@ class Health:
                 log.warning("group sampling failed", stream=subscription.stream, reason=str(exc))
                 continue
             for group in groups:
-                if _text(group["name"]) != self.group:
+                if wire.text_of(group["name"]) != self.group:
                     continue
                 labels = (self.name, subscription.stream, self.group)
                 metrics.group_pending.labels(*labels).set(int(group["pending"]))
                 if group.get("lag") is not None:  # unknown after some trims (Redis docs)
                     metrics.group_lag.labels(*labels).set(int(group["lag"]))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

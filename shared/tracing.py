@@ -26,7 +26,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from shared.delivery import Entry
 from shared.errors import PermanentError
-from shared.wire import Fields
+from shared.wire import Fields, entry_ms
 
 TRACE_FIELDS = (b"traceparent", b"tracestate")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -123,7 +123,7 @@ def entry_spans(stage: str, stream: str, entries: Iterable[Entry]) -> dict[bytes
     spans: dict[bytes, Span] = {}
     for entry in entries:
         parent = extract(entry.fields)
-        added_ns = int(entry.id.split(b"-", 1)[0]) * 1_000_000
+        added_ns = entry_ms(entry.id) * 1_000_000
         attributes = {"messaging.system": "redis", "messaging.destination.name": stream,
                       "messaging.message.id": entry.id.decode()}  # fmt: skip
         tracer.start_span(

@@ -93,6 +93,16 @@ def subject_of(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
     return subject
 
 
+def text_of(value: bytes | str) -> str:
+    """A name or id from a Redis reply (bytes client), as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def entry_ms(entry_id: bytes | str) -> int:
+    """The millisecond timestamp of a stream entry id (`<ms>-<seq>`): when it was added."""
+    return int(text_of(entry_id).split("-", 1)[0])
+
+
 async def last_entry_id(redis: "Redis", stream: str) -> bytes:
     """Id of the newest entry (`0-0` for an empty stream): read from here to see only what
     comes next, without the race of `$`."""
