@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from services.chunker.chunking import Chunker, load_tokenizer
+from services.chunker.chunking import Chunker, anchored_segments, load_tokenizer
 from shared.chunk_text import embedding_text
 from shared.contracts.chunks import Chunk
 from shared.contracts.docs import DocUpsert
@@ -324,3 +324,47 @@ def test_chunk_ids_are_deterministic(tokenizer: Tokenizer) -> None:
 
     other_doc = chunker.chunk(doc(text, doc_id="doc-2"))
     assert not {c.chunk_id for c in other_doc} & {c.chunk_id for c in first}
+
+
+# --- stable boundaries ---------------------------------------------------------------------------
+
+
+def varied_paragraphs(n: int) -> list[str]:
+    """Paragraphs of 1–5 sentences, so several share a chunk and packing has choices to make."""
+    sents = sentences(5 * n)
+    return [" ".join(sents[5 * i : 5 * i + 1 + (i * 7) % 5]) for i in range(n)]
+
+
+def embedded_texts(chunker: Chunker, paragraphs: list[str]) -> list[str]:
+    chunks = chunker.chunk(doc("\n\n".join(paragraphs), title="Report"))
+    return [embedding_text("Report", c.section_path, c.text) for c in chunks]
+
+
+def test_a_one_paragraph_edit_changes_at_most_two_chunks(tokenizer: Tokenizer) -> None:
+    chunker = Chunker(tokenizer, max_tokens=128)
+    paragraphs = varied_paragraphs(60)
+    before = embedded_texts(chunker, paragraphs)
+    assert len(before) >= 20
+    changed = []
+    for edited in range(0, 60, 3):
+        after = list(paragraphs)
+        after[edited] += " An added sentence says the cohort was followed for ten more years."
+        changed.append(len(set(embedded_texts(chunker, after)) - set(before)))
+    assert min(changed) >= 1, "an edit must change the chunk it is in"
+    assert max(changed) <= 2, changed
+
+
+def test_anchors_depend_only_on_their_neighbourhood() -> None:
+    sizes, ranks = [10] * 40, [(i * 7919) % 101 for i in range(40)]
+    anchors = anchored_segments(sizes, ranks, window=30)
+    assert anchors[0] == 0 and len(anchors) > 3
+    far = list(ranks)
+    far[35] = -1  # a change at paragraph 35 moves no anchor before paragraph 31
+    moved = anchored_segments(sizes, far, window=30)
+    assert [a for a in anchors if a < 31] == [a for a in moved if a < 31]
+    assert 35 in moved
+
+
+def test_a_section_that_fits_is_one_chunk_whatever_its_paragraphs(tokenizer: Tokenizer) -> None:
+    chunks = Chunker(tokenizer, max_tokens=256).chunk(doc(prose(8, per_paragraph=1)))
+    assert len(chunks) == 1
