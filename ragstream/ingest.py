@@ -59,13 +59,16 @@ def after_of(published: Sequence[Published]) -> dict[str, int]:
 class IngestReport:
     docs: int
     indexed: int = 0
+    """Docs the index now serves at their version (`unchanged` ones included)."""
+    unchanged: int = 0
+    """Of those, docs whose content the index already served: nothing was chunked or embedded."""
     stale: int = 0
     dead_lettered: int = 0
     seconds: float = 0.0
     freshness_ms: list[float] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outcomes: dict[tuple[str, int], str] = field(default_factory=dict)
-    """(doc_id, version) → indexed / deleted / stale / dead_lettered."""
+    """(doc_id, version) → indexed / unchanged / deleted / stale / dead_lettered."""
     published: list[Published] = field(default_factory=list)
     """Every event published, with its entry id, in order."""
 
@@ -84,6 +87,8 @@ class IngestReport:
         p50, p99 = self.percentile(50), self.percentile(99)
         if p50 is not None and p99 is not None:
             text += f" · freshness p50 {p50:,.0f} ms, p99 {p99:,.0f} ms"
+        if self.unchanged:
+            text += f" · {self.unchanged:,} unchanged (nothing to embed)"
         if self.stale:
             text += f" · {self.stale:,} stale (older than the index's version)"
         if self.dead_lettered:
@@ -95,6 +100,7 @@ class IngestReport:
         return {
             "docs": self.docs,
             "indexed": self.indexed,
+            "unchanged": self.unchanged,
             "stale": self.stale,
             "dead_lettered": self.dead_lettered,
             "seconds": round(self.seconds, 3),
@@ -268,6 +274,7 @@ def _settle(
         report.stale += 1
     else:
         report.indexed += 1
+        report.unchanged += ack.outcome == "unchanged"
         report.freshness_ms.append(ack.freshness_ms)
     return 1
 

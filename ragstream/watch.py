@@ -37,6 +37,9 @@ def tell_changes(say: Output, result: SyncResult, timeout_s: float) -> None:
         name = f"{event.doc_id} (v{event.version})"
         if outcome == "indexed":
             say.ok("doc indexed", f"indexed {name}", outcome=outcome, **fields)
+        elif outcome == "unchanged":
+            text = f"{name}: content unchanged, the index serves it as this version"
+            say.ok("doc unchanged", text, outcome=outcome, **fields)
         elif outcome == "deleted":
             say.ok("doc deleted", f"deleted {name}", outcome=outcome, **fields)
         elif outcome == "stale":

@@ -36,6 +36,8 @@ class DocState(BaseModel):
     deleted: bool
     n_chunks: int
     indexed_at: datetime
+    fingerprint: str = ""
+    """What the served version's rows are made from (see `ChunkedDoc.fingerprint`)."""
 
 
 def state_key(indexed_stream: str) -> str:
@@ -53,6 +55,7 @@ def record(pipe: Any, event: DocIndexed, *, indexed_stream: str) -> None:
         deleted=event.outcome is IndexOutcome.DELETED,
         n_chunks=event.n_chunks,
         indexed_at=event.indexed_at,
+        fingerprint=event.fingerprint,
     )
     value = state.model_dump_json(exclude={"doc_id"})
     pipe.eval(_RECORD_IF_NEWER, 1, state_key(indexed_stream), event.doc_id, event.version, value)
@@ -60,10 +63,18 @@ def record(pipe: Any, event: DocIndexed, *, indexed_stream: str) -> None:
 
 async def read(redis: Redis, indexed_stream: str, doc_id: str) -> DocState | None:
     """The recorded state of `doc_id`, or None if the index never acknowledged it."""
-    raw = await redis.hget(state_key(indexed_stream), doc_id)
-    if raw is None:
-        return None
-    return DocState.model_validate({**json.loads(raw), "doc_id": doc_id})
+    return (await read_many(redis, indexed_stream, [doc_id]))[0]
+
+
+async def read_many(redis: Redis, indexed_stream: str, doc_ids: list[str]) -> list[DocState | None]:
+    """The recorded states of `doc_ids`, in order (one round trip)."""
+    if not doc_ids:
+        return []
+    raws = await redis.hmget(state_key(indexed_stream), doc_ids)
+    return [
+        None if raw is None else DocState.model_validate({**json.loads(raw), "doc_id": doc_id})
+        for doc_id, raw in zip(doc_ids, raws, strict=True)
+    ]
 
 
 async def count(redis: Redis, indexed_stream: str) -> int:

@@ -66,14 +66,18 @@ query_latency_seconds = Histogram(
     ("stage",),
     buckets=_LATENCY_BUCKETS,
 )
+chunk_vectors = Counter(
+    "ragstream_chunk_vectors",
+    "Chunk vectors written to the index, by where they came from: `embedded` by the model, or "
+    "`reused` from the doc's served version (its chunk text was unchanged).",
+    ("origin",),
+)
 rerank_degraded = Counter(
     "ragstream_rerank_degraded",
     "Queries answered in fused order because the reranker failed or ran late.",
     ("reason",),
 )
-llm_tokens = Counter(
-    "ragstream_llm_tokens", "Tokens used by the chat model.", ("kind",)
-)
+llm_tokens = Counter("ragstream_llm_tokens", "Tokens used by the chat model.", ("kind",))
 
 
 def observe_since(histogram: Histogram, stage: str, since: datetime) -> None:

@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = {
     # operation: (action, stream, payload schema)
     "chunker:rag.docs": ("receive", "rag.docs", "DocUpsertOrDocDelete"),
-    "chunker:rag.chunks": ("send", "rag.chunks", "ChunkedDocOrDocDelete"),
+    "chunker:rag.chunks": ("send", "rag.chunks", "ChunkedDocOrDocUnchangedOrDocDelete"),
     "chunker:rag.dlq": ("send", "rag.dlq", "DeadLetter"),
-    "embedder:rag.chunks": ("receive", "rag.chunks", "ChunkedDocOrDocDelete"),
+    "embedder:rag.chunks": ("receive", "rag.chunks", "ChunkedDocOrDocUnchangedOrDocDelete"),
     "embedder:rag.indexed": ("send", "rag.indexed", "DocIndexed"),
+    "embedder:rag.docs": ("send", "rag.docs", "DocUpsert"),
     "embedder:rag.dlq": ("send", "rag.dlq", "DeadLetter"),
     "retriever:rag.queries": ("receive", "rag.queries", "Query"),
     "retriever:rag.retrieved": ("send", "rag.retrieved", "Retrieved"),

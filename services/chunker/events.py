@@ -1,24 +1,56 @@
 """Doc-change events in, chunk events out: the chunker stage's logic, without a broker."""
 
 import asyncio
+import hashlib
+import json
 from collections.abc import Sequence
+from functools import partial
 
 import structlog
+from redis.asyncio import Redis
 
 from services.chunker.chunking import Chunker
-from shared.contracts import ChunkedDoc, DocDelete, DocUpsert
+from shared import doc_state
+from shared.contracts import ChunkedDoc, DocDelete, DocUnchanged, DocUpsert
 from shared.errors import PermanentError
 from shared.stage import Outcome, Publication
 
 log = structlog.get_logger("ragstream.chunker")
 
 
+def fingerprint(doc: DocUpsert, chunker: Chunker) -> str:
+    """Hash of everything a doc's index rows are made from, the chunker's rules included."""
+    parts = [chunker.config_id, doc.content_hash, doc.source, doc.metadata]
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def chunk_event(
-    event: DocUpsert | DocDelete, chunker: Chunker, max_chunks: int
-) -> ChunkedDoc | DocDelete:
-    """An upsert becomes its version's complete chunk list; a delete passes through unchanged."""
+    event: DocUpsert | DocDelete,
+    chunker: Chunker,
+    max_chunks: int,
+    indexed: doc_state.DocState | None = None,
+) -> ChunkedDoc | DocUnchanged | DocDelete:
+    """An upsert becomes its version's complete chunk list, or `DocUnchanged` when `indexed`
+    (what the index serves) was made from the same fingerprint; a delete passes through."""
     if isinstance(event, DocDelete):
         return event
+    made_from = fingerprint(event, chunker)
+    if (
+        indexed is not None
+        and not event.force
+        and not indexed.deleted
+        and indexed.fingerprint == made_from
+        and indexed.version < event.version
+    ):
+        return DocUnchanged(
+            doc_id=event.doc_id,
+            version=event.version,
+            indexed_version=indexed.version,
+            fingerprint=made_from,
+            doc_emitted_at=event.emitted_at,
+            doc=event,
+        )
     chunks = chunker.chunk(event)
     if len(chunks) > max_chunks:
         raise PermanentError(
@@ -33,30 +65,52 @@ def chunk_event(
         content_hash=event.content_hash,
         doc_emitted_at=event.emitted_at,
         chunks=chunks,
+        fingerprint=made_from,
     )
 
 
 def chunk_batch(
-    events: Sequence[DocUpsert | DocDelete], chunker: Chunker, max_chunks: int, out_stream: str
+    events: Sequence[DocUpsert | DocDelete],
+    *,
+    chunker: Chunker,
+    max_chunks: int,
+    out_stream: str,
+    indexed: Sequence[doc_state.DocState | None] | None = None,
 ) -> list[Outcome]:
+    """Chunk each event; ``indexed[i]`` is what the index serves of event i's doc, if known."""
     outcomes: list[Outcome] = []
-    for event in events:
+    for i, event in enumerate(events):
         with structlog.contextvars.bound_contextvars(
             event_id=str(event.event_id), doc_id=event.doc_id, version=event.version
         ):
             try:
-                chunked = chunk_event(event, chunker, max_chunks)
+                chunked = chunk_event(event, chunker, max_chunks, indexed[i] if indexed else None)
             except PermanentError as exc:
                 outcomes.append(exc)
                 continue
-            n_chunks = len(chunked.chunks) if isinstance(chunked, ChunkedDoc) else 0
-            log.info("chunked", kind=event.type, n_chunks=n_chunks)
+            if isinstance(chunked, DocUnchanged):
+                log.info("unchanged", kind=event.type, indexed_version=chunked.indexed_version)
+            else:
+                n_chunks = len(chunked.chunks) if isinstance(chunked, ChunkedDoc) else 0
+                log.info("chunked", kind=event.type, n_chunks=n_chunks)
             outcomes.append([Publication(out_stream, chunked)])
     return outcomes
 
 
 async def chunk_batch_async(
-    events: Sequence[DocUpsert | DocDelete], chunker: Chunker, max_chunks: int, out_stream: str
+    events: Sequence[DocUpsert | DocDelete],
+    *,
+    chunker: Chunker,
+    max_chunks: int,
+    out_stream: str,
+    redis: Redis,
+    indexed_stream: str,
 ) -> list[Outcome]:
-    """Chunk in a worker thread so a large document does not stall the event loop."""
-    return await asyncio.to_thread(chunk_batch, events, chunker, max_chunks, out_stream)
+    """Look up what the index serves of the batch's docs (one Redis round trip), then chunk in
+    a worker thread so a large document does not stall the event loop."""
+    indexed = await doc_state.read_many(redis, indexed_stream, [e.doc_id for e in events])
+    return await asyncio.to_thread(
+        partial(chunk_batch, events, chunker=chunker, max_chunks=max_chunks),
+        out_stream=out_stream,
+        indexed=indexed,
+    )

@@ -8,7 +8,7 @@ from functools import partial
 from services.embedder.indexing import index_batch
 from services.embedder.settings import EmbedderSettings
 from shared import doc_state
-from shared.contracts import CHUNK_EVENT, DocIndexed
+from shared.contracts import CHUNK_EVENT, DocIndexed, DocUpsert
 from shared.embedding import load_embedder
 from shared.settings import EmbeddingSettings, StoreSettings
 from shared.stage import Stage
@@ -22,13 +22,25 @@ store = open_store(StoreSettings(), dim=embedder.dim)
 stage.subscribe(
     stage.streams.chunks,
     CHUNK_EVENT,
-    partial(index_batch, embedder=embedder, store=store, out_stream=stage.streams.indexed),
+    partial(
+        index_batch,
+        embedder=embedder,
+        store=store,
+        out_stream=stage.streams.indexed,
+        docs_stream=stage.streams.docs,
+    ),
 )
 stage.publishes(
     stage.streams.indexed,
     DocIndexed,
     "Freshness acks: the doc version the index now serves (`indexed`, `deleted`), or `stale` "
     "when an older version than the index holds was dropped.",
+)
+stage.publishes(
+    stage.streams.docs,
+    DocUpsert,
+    "A DocUnchanged whose base version the index no longer serves, sent back with `force` set "
+    "to be chunked after all.",
 )
 stage.project(
     stage.streams.indexed, partial(doc_state.record, indexed_stream=stage.streams.indexed)

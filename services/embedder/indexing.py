@@ -1,6 +1,13 @@
-"""Chunk events in, index writes and freshness acks out: the embedder stage's logic."""
+"""Chunk events in, index writes and freshness acks out: the embedder stage's logic.
 
-from collections.abc import Sequence
+Only what changed is embedded. Before embedding, the batch reads the served version of its docs
+(rows and vectors) from the index: a `DocUnchanged` copies those rows under its new version, and
+a `ChunkedDoc` takes the vector of every chunk whose embedding text the served version already
+has. The copied rows are written like any other, so the index's commit protocol holds as is.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
@@ -8,7 +15,7 @@ import structlog
 
 from shared import metrics
 from shared.chunk_text import embedding_text
-from shared.contracts import ChunkedDoc, DocDelete, DocIndexed, IndexOutcome
+from shared.contracts import ChunkedDoc, DocDelete, DocIndexed, DocUnchanged, IndexOutcome
 from shared.contracts.base import utcnow
 from shared.embedding import Embedder, encode_async
 from shared.stage import Outcome, Publication
@@ -18,14 +25,17 @@ from shared.store.records import (
     DeleteDoc,
     DocWrite,
     UpsertDoc,
+    Vector,
     WriteOutcome,
     metadata_tags,
 )
 
 log = structlog.get_logger("ragstream.embedder")
 
+ChunkEvent = ChunkedDoc | DocUnchanged | DocDelete
 
-def newest_per_doc(events: Sequence[ChunkedDoc | DocDelete]) -> set[int]:
+
+def newest_per_doc(events: Sequence[ChunkEvent]) -> set[int]:
     """Indexes of the events that are the newest of their doc within the batch."""
     best: dict[str, int] = {}
     for index, event in enumerate(events):
@@ -35,7 +45,7 @@ def newest_per_doc(events: Sequence[ChunkedDoc | DocDelete]) -> set[int]:
     return set(best.values())
 
 
-def _rank(event: ChunkedDoc | DocDelete) -> tuple[int, int]:
+def _rank(event: ChunkEvent) -> tuple[int, int]:
     # At equal versions a delete wins, as it does in the store.
     return (event.version, 1 if isinstance(event, DocDelete) else 0)
 
@@ -60,45 +70,96 @@ def records_of(doc: ChunkedDoc) -> list[ChunkRecord]:
     ]
 
 
+def _text(record: ChunkRecord) -> str:
+    return embedding_text(record.title, record.section_path, record.text)
+
+
+def carried_forward(event: DocUnchanged, served: UpsertDoc | None) -> UpsertDoc | None:
+    """The served rows and vectors under the event's version, if the index still serves the
+    version the chunker found unchanged; None if it moved on (the doc must be chunked)."""
+    if served is None or served.version != event.indexed_version:
+        return None
+    chunks = [replace(c, version=event.version) for c in served.chunks]
+    return UpsertDoc(event.doc_id, event.version, chunks, served.vectors)
+
+
+def known_vectors(served: Mapping[str, UpsertDoc]) -> dict[str, Vector]:
+    """Embedding text → vector of every served row."""
+    return {
+        _text(chunk): vector
+        for doc in served.values()
+        for chunk, vector in zip(doc.chunks, doc.vectors, strict=True)
+    }
+
+
+async def embed_missing(
+    texts: Sequence[str], known: dict[str, Vector], embedder: Embedder
+) -> tuple[Vector, int]:
+    """One vector per text, embedding only the texts `known` lacks (each distinct one once);
+    and how many were embedded. Adds the new vectors to `known`."""
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    if missing:
+        known.update(zip(missing, await encode_async(embedder, missing), strict=True))
+    matrix = np.stack([known[t] for t in texts]) if texts else np.empty((0, embedder.dim))
+    return np.ascontiguousarray(matrix, dtype=np.float32), len(missing)
+
+
 async def index_batch(
-    events: Sequence[ChunkedDoc | DocDelete], embedder: Embedder, store: Store, out_stream: str
+    events: Sequence[ChunkEvent],
+    embedder: Embedder,
+    store: Store,
+    out_stream: str,
+    docs_stream: str = "rag.docs",
 ) -> list[Outcome]:
-    """Embed every chunk of the batch in one go, apply all writes, ack each event."""
+    """Embed what changed in the batch in one go, apply all writes, ack each event."""
     keep = newest_per_doc(events)
-    upserts = [e for i, e in enumerate(events) if i in keep and isinstance(e, ChunkedDoc)]
-    records = {id(doc): records_of(doc) for doc in upserts}
-    texts = [
-        embedding_text(r.title, r.section_path, r.text) for doc in upserts for r in records[id(doc)]
-    ]
-    vectors = await encode_async(embedder, texts)
+    kept = {i: e for i, e in enumerate(events) if i in keep}
+    upserts = [e for e in kept.values() if not isinstance(e, DocDelete)]
+    served = await store.served([e.doc_id for e in upserts]) if upserts else {}
+    known = known_vectors(served)
 
     writes: list[DocWrite] = []
-    write_index: dict[int, int] = {}
+    write_of: dict[int, int] = {}
+    resend: dict[int, DocUnchanged] = {}
+    records = {i: records_of(e) for i, e in kept.items() if isinstance(e, ChunkedDoc)}
+    texts = [_text(r) for doc in records.values() for r in doc]
+    vectors, n_embedded = await embed_missing(texts, known, embedder)
     offset = 0
-    for index, event in enumerate(events):
-        if index not in keep:
-            continue
-        write_index[index] = len(writes)
+    for index, event in kept.items():
+        write: DocWrite
         if isinstance(event, DocDelete):
-            writes.append(DeleteDoc(event.doc_id, event.version))
-            continue
-        doc_records = records[id(event)]
-        writes.append(
-            UpsertDoc(
-                event.doc_id,
-                event.version,
-                doc_records,
-                np.ascontiguousarray(vectors[offset : offset + len(doc_records)]),
+            write = DeleteDoc(event.doc_id, event.version)
+        elif isinstance(event, DocUnchanged):
+            carried = carried_forward(event, served.get(event.doc_id))
+            if carried is None:
+                resend[index] = event
+                continue
+            write = carried
+        else:
+            n = len(records[index])
+            write = UpsertDoc(
+                event.doc_id, event.version, records[index], vectors[offset : offset + n]
             )
-        )
-        offset += len(doc_records)
+            offset += n
+        write_of[index] = len(writes)
+        writes.append(write)
+    metrics.chunk_vectors.labels("embedded").inc(n_embedded)
+    metrics.chunk_vectors.labels("reused").inc(sum(map(_rows_of, writes)) - n_embedded)
 
     results = await store.apply(writes)
     indexed_at = utcnow()
     outcomes: list[Outcome] = []
     for index, event in enumerate(events):
-        result = results[write_index[index]] if index in write_index else WriteOutcome.STALE
-        ack = _ack(event, result, indexed_at)
+        if index in resend:
+            log.info("index moved on, chunking after all", doc_id=event.doc_id)
+            forced = resend[index].doc.model_copy(update={"force": True})
+            outcomes.append([Publication(docs_stream, forced)])
+            continue
+        position = write_of.get(index)
+        if position is None:  # an older event of a doc the batch writes a newer one of
+            ack = _ack(event, WriteOutcome.STALE, 0, indexed_at)
+        else:
+            ack = _ack(event, results[position], _rows_of(writes[position]), indexed_at)
         log.info(
             "indexed",
             doc_id=event.doc_id,
@@ -110,23 +171,31 @@ async def index_batch(
         if ack.outcome is not IndexOutcome.STALE:
             metrics.doc_freshness_seconds.labels("embedder").observe(ack.freshness_ms / 1000)
         outcomes.append([Publication(out_stream, ack)])
+    log.debug("embedded", n_embedded=n_embedded, n_texts=len(texts))
     return outcomes
 
 
-def _ack(event: ChunkedDoc | DocDelete, result: WriteOutcome, indexed_at: datetime) -> DocIndexed:
+def _rows_of(write: DocWrite) -> int:
+    return len(write.chunks) if isinstance(write, UpsertDoc) else 0
+
+
+def _ack(
+    event: ChunkEvent, result: WriteOutcome, n_chunks: int, indexed_at: datetime
+) -> DocIndexed:
     if result is WriteOutcome.STALE:
-        outcome = IndexOutcome.STALE
+        outcome, n_chunks = IndexOutcome.STALE, 0
     elif isinstance(event, DocDelete):
-        outcome = IndexOutcome.DELETED
+        outcome, n_chunks = IndexOutcome.DELETED, 0
+    elif isinstance(event, DocUnchanged):
+        outcome = IndexOutcome.UNCHANGED
     else:
         outcome = IndexOutcome.INDEXED
     return DocIndexed(
         doc_id=event.doc_id,
         version=event.version,
         outcome=outcome,
-        n_chunks=len(event.chunks)
-        if isinstance(event, ChunkedDoc) and outcome is IndexOutcome.INDEXED
-        else 0,
-        doc_emitted_at=event.doc_emitted_at if isinstance(event, ChunkedDoc) else event.emitted_at,
+        n_chunks=n_chunks,
+        doc_emitted_at=event.emitted_at if isinstance(event, DocDelete) else event.doc_emitted_at,
         indexed_at=indexed_at,
+        fingerprint="" if isinstance(event, DocDelete) else event.fingerprint,
     )

@@ -43,10 +43,13 @@ class _Hit:
 
 
 def latest_changes(events: Sequence[DocIndexed]) -> dict[str, tuple[int, DocIndexed]]:
-    """doc_id → (index in the batch, its newest non-stale ack)."""
+    """doc_id → (index in the batch, its newest ack that changed what the doc says).
+
+    Stale acks changed nothing; `unchanged` ones moved the version on with the same content
+    (and the same chunk ids), so an answer citing the older version still reads true."""
     latest: dict[str, tuple[int, DocIndexed]] = {}
     for index, event in enumerate(events):
-        if event.outcome is IndexOutcome.STALE:
+        if event.outcome in (IndexOutcome.STALE, IndexOutcome.UNCHANGED):
             continue
         current = latest.get(event.doc_id)
         if current is None or event.version >= current[1].version:

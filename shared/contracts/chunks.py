@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
 from shared.contracts.base import Event
-from shared.contracts.docs import DocDelete, DocId, DocVersion
+from shared.contracts.docs import DocDelete, DocId, DocUpsert, DocVersion
 
 _CHUNK_NAMESPACE = uuid.UUID("6f0c2a52-7d1e-4b8e-9a51-2f4e3f7f6a10")
 
@@ -43,7 +43,25 @@ class ChunkedDoc(Event):
     content_hash: str
     doc_emitted_at: datetime
     chunks: tuple[Chunk, ...]
+    fingerprint: str = ""
+    """Hash of everything the index rows are made from (content, title, metadata, source and
+    the chunker's configuration): an upsert with the same fingerprint needs no new rows."""
 
 
-ChunkEvent = Annotated[ChunkedDoc | DocDelete, Field(discriminator="type")]
-CHUNK_EVENT: TypeAdapter[ChunkedDoc | DocDelete] = TypeAdapter(ChunkEvent)
+class DocUnchanged(Event):
+    """An upsert whose fingerprint equals that of `indexed_version`, the version the index
+    serves: the new version reuses that version's chunks and vectors, with no chunking or
+    embedding. If the index has moved on by the time the embedder sees it, `doc` goes back to
+    the docs stream with `force` set, to be chunked after all."""
+
+    type: Literal["unchanged"] = "unchanged"
+    doc_id: DocId
+    version: DocVersion
+    indexed_version: DocVersion
+    fingerprint: str
+    doc_emitted_at: datetime
+    doc: DocUpsert
+
+
+ChunkEvent = Annotated[ChunkedDoc | DocUnchanged | DocDelete, Field(discriminator="type")]
+CHUNK_EVENT: TypeAdapter[ChunkedDoc | DocUnchanged | DocDelete] = TypeAdapter(ChunkEvent)

@@ -26,6 +26,9 @@ class DocUpsert(Event):
     text: Annotated[str, non_blank("document text")]
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     source: str = ""
+    force: bool = False
+    """Chunk and embed it even if the index already serves this exact content (normally such
+    an upsert only moves the doc's version forward, reusing the indexed chunks and vectors)."""
 
     @property
     def content_hash(self) -> str:

@@ -11,6 +11,9 @@ from shared.contracts.docs import DocId, DocVersion
 class IndexOutcome(StrEnum):
     INDEXED = "indexed"
     DELETED = "deleted"
+    UNCHANGED = "unchanged"
+    """Same content as the version the index served: it now serves it as this version, with the
+    same chunks and vectors (nothing was chunked or embedded)."""
     STALE = "stale"
     """An older version than the index holds: dropped, the index is unchanged."""
 
@@ -25,6 +28,8 @@ class DocIndexed(Event):
     n_chunks: int
     doc_emitted_at: datetime
     indexed_at: datetime
+    fingerprint: str = ""
+    """The indexed content's fingerprint (`ChunkedDoc.fingerprint`); empty for deletes."""
 
     @property
     def freshness_ms(self) -> float:

@@ -1,9 +1,9 @@
 """The Store port every index adapter implements (LanceDB embedded, Weaviate in production)."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from shared.store.records import DocState, DocWrite, Hit, SearchRequest, WriteOutcome
+from shared.store.records import DocState, DocWrite, Hit, SearchRequest, UpsertDoc, WriteOutcome
 
 
 class Store(Protocol):
@@ -22,6 +22,10 @@ class Store(Protocol):
     async def hybrid_search(self, request: SearchRequest) -> list[Hit]: ...
 
     async def current_version(self, doc_id: str) -> DocState | None: ...
+
+    async def served(self, doc_ids: Collection[str]) -> dict[str, UpsertDoc]:
+        """The served version of each live doc with its rows and vectors (to reuse vectors)."""
+        ...
 
     async def count_chunks(self, doc_id: str | None = None) -> int: ...
 

@@ -16,7 +16,7 @@ machines, use the Weaviate store.
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -263,15 +263,14 @@ class LanceDBIndex:
         """Every doc version the table holds, with its rows' vectors (to copy an index)."""
         chunks, _ = await self._tables()
         table = await chunks.query().select([*_CHUNK_COLUMNS, "vector"]).to_arrow()
-        rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for row in table.to_pylist():
-            rows.setdefault((row["doc_id"], row["version"]), []).append(row)
-        docs = []
-        for (doc_id, version), doc_rows in rows.items():
-            doc_rows.sort(key=lambda r: r["ordinal"])
-            vectors = np.asarray([r["vector"] for r in doc_rows], dtype=np.float32)
-            docs.append(UpsertDoc(doc_id, version, [_chunk(r) for r in doc_rows], vectors))
-        return docs
+        return _docs_of_rows(table.to_pylist())
+
+    async def read_rows(self, versions: Mapping[str, int]) -> list[UpsertDoc]:
+        chunks, _ = await self._tables()
+        wanted = " OR ".join(f"(doc_id = {_sql(d)} AND version = {v})" for d, v in versions.items())
+        where = f"{_docs_in(versions)} AND ({wanted})"
+        query = chunks.query().where(where).select([*_CHUNK_COLUMNS, "vector"])
+        return _docs_of_rows((await query.to_arrow()).to_pylist())
 
     async def count_rows(self, doc_id: str | None = None) -> int:
         chunks, _ = await self._tables()
@@ -322,8 +321,25 @@ async def _nothing() -> Scored:
     return []
 
 
+def _docs_of_rows(rows: Iterable[dict[str, Any]]) -> list[UpsertDoc]:
+    """Group rows (with their vectors) into one `UpsertDoc` per doc version, in ordinal order."""
+    grouped: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault((row["doc_id"], row["version"]), []).append(row)
+    docs = []
+    for (doc_id, version), doc_rows in grouped.items():
+        doc_rows.sort(key=lambda r: r["ordinal"])
+        vectors = np.asarray([r["vector"] for r in doc_rows], dtype=np.float32)
+        docs.append(UpsertDoc(doc_id, version, [_chunk(r) for r in doc_rows], vectors))
+    return docs
+
+
+def _docs_in(doc_ids: Iterable[str]) -> str:
+    return f"doc_id IN ({', '.join(_sql(d) for d in doc_ids)})"
+
+
 def _docs(fences: Sequence[DocState]) -> str:
-    return f"doc_id IN ({', '.join(_sql(f.doc_id) for f in fences)})"
+    return _docs_in(f.doc_id for f in fences)
 
 
 async def _delete(table: Any, where: str) -> None:

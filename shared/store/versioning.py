@@ -120,6 +120,11 @@ class VersionedIndex(Protocol):
         """Read the request's lists (``request.candidates`` deep), with its filters applied."""
         ...
 
+    async def read_rows(self, versions: Mapping[str, int]) -> list[UpsertDoc]:
+        """The rows (with vectors, in ordinal order) of each doc at the given version; a doc
+        with no rows at that version is left out."""
+        ...
+
     async def count_rows(self, doc_id: str | None = None) -> int: ...
 
     async def optimize(self, *, min_new_versions: int = 0) -> None: ...
@@ -301,6 +306,13 @@ class VersionedStore:
 
     async def current_version(self, doc_id: str) -> DocState | None:
         return (await self.fences([doc_id])).get(doc_id)
+
+    async def served(self, doc_ids: Collection[str]) -> dict[str, UpsertDoc]:
+        """The version each doc is served at, with its rows and their vectors; docs that are
+        unknown or deleted are left out. Its rows may be pruned by a newer version at any time
+        after this read, so a caller must not assume they are still there: it copies them."""
+        live = {d: f.version for d, f in (await self.fences(doc_ids)).items() if not f.deleted}
+        return {doc.doc_id: doc for doc in await self.index.read_rows(live)} if live else {}
 
     async def count_chunks(self, doc_id: str | None = None) -> int:
         return await self.index.count_rows(doc_id)

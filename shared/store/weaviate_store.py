@@ -21,7 +21,7 @@ on a replicated cluster; on one node every level is the same).
 import asyncio
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -62,6 +62,7 @@ SCHEMA_VERSION = 2
 """Bump when what a collection holds for the same rows changes (2: stemmed `search_text`)."""
 _NAMESPACE = uuid.UUID("0b6f9a3e-51c4-4d0e-9f53-6b2b8c1d7e24")
 _INSERT_SLICE = 500
+_READ_SLICE = 1000
 _DELETE_LIMIT = (
     10_000  # Weaviate's QUERY_MAXIMUM_RESULTS default: a delete_many removes at most this
 )
@@ -413,6 +414,46 @@ class WeaviateIndex:
             if len(response.objects) < limit:
                 return markers
             offset += limit
+
+    async def read_rows(self, versions: Mapping[str, int]) -> list[UpsertDoc]:
+        chunks, _ = await self._collections()
+        rows: dict[str, list[tuple[ChunkRecord, list[float]]]] = {}
+        found = await asyncio.gather(
+            *(self._doc_rows(chunks, doc_id, version) for doc_id, version in versions.items())
+        )
+        for doc_id, doc_rows in zip(versions, found, strict=True):
+            if doc_rows:
+                rows[doc_id] = sorted(doc_rows, key=lambda r: r[0].ordinal)
+        return [
+            UpsertDoc(
+                doc_id,
+                versions[doc_id],
+                [chunk for chunk, _ in doc_rows],
+                np.asarray([vector for _, vector in doc_rows], dtype=np.float32),
+            )
+            for doc_id, doc_rows in rows.items()
+        ]
+
+    async def _doc_rows(
+        self, chunks: Any, doc_id: str, version: int
+    ) -> list[tuple[ChunkRecord, list[float]]]:
+        where = _doc(doc_id) & Filter.by_property("version").equal(version)
+        found: list[tuple[ChunkRecord, list[float]]] = []
+        while True:
+            response = await self._call(
+                partial(
+                    chunks.query.fetch_objects,
+                    filters=where,
+                    limit=_READ_SLICE,
+                    offset=len(found),
+                    include_vector=True,
+                    return_properties=_CHUNK_PROPERTIES,
+                ),
+                "row read",
+            )
+            found += [(_chunk(o.properties), o.vector["default"]) for o in response.objects]
+            if len(response.objects) < _READ_SLICE:
+                return found
 
     async def count_rows(self, doc_id: str | None = None) -> int:
         chunks, _ = await self._collections()

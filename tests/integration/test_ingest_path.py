@@ -5,7 +5,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from ragstream.allinone import Pipeline, running
@@ -217,3 +219,70 @@ async def test_bad_input_is_dead_lettered_and_good_doc_flows(
     for reason, fragment in zip(reasons, expected, strict=True):
         assert fragment in reason
     assert [payload for _, payload in letters] == [f.get(b"event", b"") for f in bad.values()]
+
+
+async def embedded_vectors(path: IngestPath) -> dict[str, float]:
+    """The embedder's `ragstream_chunk_vectors_total` by origin, read off its /metrics."""
+    port = path.pipeline.http_ports["embedder"]
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    found = {"embedded": 0.0, "reused": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "ragstream_chunk_vectors_total":
+                found[sample.labels["origin"]] = sample.value
+    return found
+
+
+async def test_resent_unchanged_doc_moves_its_version_without_embedding(
+    redis: Redis, ingest_path: IngestPath, store: Store
+) -> None:
+    text = "\n\n".join(f"Paragraph {i} describes the okapi's {i} stripes." * 12 for i in range(4))
+    await apply_events(redis, ingest_path, upsert("same", 1, text))
+    n_chunks = await store.count_chunks("same")
+    before = await embedded_vectors(ingest_path)
+
+    outcomes = await apply_events(redis, ingest_path, upsert("same", 2, text))
+
+    assert outcomes == {("same", 2): "unchanged"}
+    after = await embedded_vectors(ingest_path)
+    assert after["embedded"] == before["embedded"]
+    assert after["reused"] - before["reused"] == n_chunks > 1
+    state = await store.current_version("same")
+    assert state is not None and state.version == 2
+    hits = await store.hybrid_search(
+        SearchRequest(text="okapi", vector=None, mode="bm25", k=100, filters={"doc_id": "same"})
+    )
+    assert {h.chunk.version for h in hits} == {2} and len(hits) == n_chunks
+    # different metadata is a change (it is in the rows), even with the same text
+    retagged = DocUpsert(doc_id="same", version=3, text=text, metadata={"team": "zoo"})
+    assert await apply_events(redis, ingest_path, retagged) == {("same", 3): "indexed"}
+    assert await embedded_vectors(ingest_path) == {
+        "embedded": after["embedded"],  # the chunk texts are the same: their vectors are reused
+        "reused": after["reused"] + n_chunks,
+    }
+
+
+async def test_a_one_paragraph_edit_embeds_at_most_two_chunks(
+    redis: Redis, ingest_path: IngestPath, store: Store
+) -> None:
+    paragraphs = [
+        " ".join(
+            f"Finding {i}.{j} links gene {i * 31 + j} to trait {i % 7}." for j in range(i % 4 + 1)
+        )
+        for i in range(120)
+    ]
+    await apply_events(redis, ingest_path, upsert("long", 1, "\n\n".join(paragraphs)))
+    assert await store.count_chunks("long") >= 20
+    before = await embedded_vectors(ingest_path)
+
+    paragraphs[57] += " A replication in a second cohort confirmed the link."
+    outcomes = await apply_events(redis, ingest_path, upsert("long", 2, "\n\n".join(paragraphs)))
+
+    assert outcomes == {("long", 2): "indexed"}
+    after = await embedded_vectors(ingest_path)
+    assert 1 <= after["embedded"] - before["embedded"] <= 2
+    hits = await store.hybrid_search(
+        SearchRequest(text="replication cohort", vector=None, mode="bm25", k=5)
+    )
+    assert hits[0].chunk.doc_id == "long" and hits[0].chunk.version == 2

@@ -108,7 +108,7 @@ async def test_a_doc_change_is_one_trace(
     chunker.subscribe(streams.docs, DOC_EVENT, partial(
         chunk_batch_async,
         chunker=Chunker(load_tokenizer(chunker_settings.tokenizer_path), 128),
-        max_chunks=100, out_stream=streams.chunks,
+        max_chunks=100, out_stream=streams.chunks, redis=redis, indexed_stream=streams.indexed,
     ))  # fmt: skip
     indexer = stage_of("embedder")
     indexer.subscribe(streams.chunks, CHUNK_EVENT, partial(

@@ -1,0 +1,146 @@
+"""The embedder's logic on a real LanceDB index: only what changed is embedded."""
+
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.chunker.chunking import Chunker, load_tokenizer
+from services.chunker.events import chunk_event
+from services.embedder.indexing import index_batch
+from shared.contracts import ChunkedDoc, DocIndexed, DocUnchanged, DocUpsert, IndexOutcome
+from shared.stage import Publication
+from shared.store.lancedb_store import LanceDBStore
+from shared.store.records import Vector
+
+DIM = 16
+
+
+class CountingEmbedder:
+    """Hash-seeded unit vectors; records every text it was asked to encode."""
+
+    dim = DIM
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.encoded: list[str] = []
+
+    def encode(self, texts: Sequence[str]) -> Vector:
+        self.encoded += texts
+        rows = [
+            np.random.default_rng(int(hashlib.sha1(t.encode()).hexdigest(), 16)).normal(size=DIM)
+            for t in texts
+        ]
+        matrix = np.asarray(rows, dtype=np.float32).reshape(-1, DIM)
+        unit: Vector = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+        return unit
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[LanceDBStore]:
+    store = LanceDBStore(tmp_path / "index", dim=DIM)
+    yield store
+    await store.close()
+
+
+@pytest.fixture(scope="module")
+def chunker() -> Chunker:
+    return Chunker(load_tokenizer(), max_tokens=64)
+
+
+TEXT = "\n\n".join(f"Paragraph {i} says the tapir {i} eats fruit and leaves." * 3 for i in range(8))
+
+
+def chunked(chunker: Chunker, version: int, text: str = TEXT) -> ChunkedDoc:
+    event = chunk_event(DocUpsert(doc_id="tapir", version=version, text=text), chunker, 1000)
+    assert isinstance(event, ChunkedDoc)
+    return event
+
+
+def unchanged(first: ChunkedDoc, version: int, indexed_version: int) -> DocUnchanged:
+    doc = DocUpsert(doc_id="tapir", version=version, text=TEXT)
+    return DocUnchanged(
+        doc_id="tapir",
+        version=version,
+        indexed_version=indexed_version,
+        fingerprint=first.fingerprint,
+        doc_emitted_at=doc.emitted_at,
+        doc=doc,
+    )
+
+
+async def index(
+    events: Sequence[ChunkedDoc | DocUnchanged], embedder: CountingEmbedder, store: LanceDBStore
+) -> list[Publication]:
+    outcomes = await index_batch(events, embedder, store, out_stream="out", docs_stream="docs")
+    published: list[Publication] = []
+    for outcome in outcomes:
+        assert not isinstance(outcome, Exception), outcome
+        published += [p for p in outcome if isinstance(p, Publication)]
+    return published
+
+
+async def test_unchanged_doc_is_carried_forward_without_encoding(
+    chunker: Chunker, store: LanceDBStore
+) -> None:
+    embedder = CountingEmbedder()
+    first = chunked(chunker, 1)
+    await index([first], embedder, store)
+    assert len(embedder.encoded) == len(first.chunks) > 1
+    v1 = await store.served(["tapir"])
+
+    [ack] = await index([unchanged(first, 2, indexed_version=1)], embedder, store)
+
+    assert isinstance(ack.event, DocIndexed) and ack.event.outcome is IndexOutcome.UNCHANGED
+    assert ack.event.n_chunks == len(first.chunks) and ack.event.fingerprint == first.fingerprint
+    assert len(embedder.encoded) == len(first.chunks)  # nothing more was encoded
+    v2 = (await store.served(["tapir"]))["tapir"]
+    assert v2.version == 2 and [c.chunk_id for c in v2.chunks] == [
+        c.chunk_id for c in v1["tapir"].chunks
+    ]
+    np.testing.assert_array_equal(v2.vectors, v1["tapir"].vectors)
+    assert await store.count_chunks("tapir") == len(first.chunks)  # v1's rows were pruned
+
+
+async def test_unchanged_doc_whose_base_is_gone_goes_back_to_be_chunked(
+    chunker: Chunker, store: LanceDBStore
+) -> None:
+    embedder = CountingEmbedder()
+    first = chunked(chunker, 1)
+    changed = chunked(chunker, 2, TEXT + "\n\nA new closing paragraph.")
+    await index([first, changed], embedder, store)
+
+    [resent] = await index([unchanged(first, 3, indexed_version=1)], embedder, store)
+
+    assert resent.stream == "docs"
+    assert isinstance(resent.event, DocUpsert) and resent.event.force
+    assert resent.event.version == 3 and resent.event.text == TEXT
+    state = await store.current_version("tapir")
+    assert state is not None and state.version == 2  # nothing was written for v3
+
+
+async def test_an_edit_encodes_only_the_chunks_whose_text_changed(
+    chunker: Chunker, store: LanceDBStore
+) -> None:
+    embedder = CountingEmbedder()
+    first = chunked(chunker, 1)
+    await index([first], embedder, store)
+    v1 = (await store.served(["tapir"]))["tapir"]
+    edited = TEXT.replace("Paragraph 5 says", "Paragraph 5 now says")
+    second = chunked(chunker, 2, edited)
+    embedder.encoded.clear()
+
+    [ack] = await index([second], embedder, store)
+
+    assert isinstance(ack.event, DocIndexed) and ack.event.outcome is IndexOutcome.INDEXED
+    new_texts = {c.text for c in second.chunks} - {c.text for c in first.chunks}
+    assert len(embedder.encoded) == len(new_texts) == 1
+    assert "Paragraph 5 now says" in embedder.encoded[0]
+    v2 = (await store.served(["tapir"]))["tapir"]
+    assert v2.version == 2 and len(v2.chunks) == len(second.chunks)
+    old = {c.text: v for c, v in zip(v1.chunks, v1.vectors, strict=True)}
+    for chunk, vector in zip(v2.chunks, v2.vectors, strict=True):
+        if chunk.text in old:  # a reused vector is the very one the first version stored
+            np.testing.assert_array_equal(vector, old[chunk.text])
