@@ -47,3 +47,34 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--batch-groups", type=int, default=4, help="groups per step")
     parser.add_argument("--lr", type=float, default=1.5e-4)
+
+
+def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    parser.add_argument("--cv-seed", type=int, default=0, help="seed of the fold split")
+    parser.add_argument("--out", help="also write the full JSON result (every setting) here")
+    parser.add_argument("--top", type=int, default=15, help="settings shown in the table")
+    parser.add_argument("--reranker-model", help="cross-encoder path: adds the rerank grid")
+    parser.add_argument("--reranker-runtime", choices=("torch", "onnx"), default="onnx")
+    parser.add_argument("--reranker-precision", choices=("fp32", "int8"), default="int8")
+    parser.add_argument("--rerank-max-queries", type=int, help="rerank grid on the first N only")
+    group = parser.add_argument_group(
+        "reranker training queries",
+        "the selection `train-reranker` trained the model on: those queries are left out of the "
+        "rerank grid (only queries it never saw measure it)",
+    )
+    group.add_argument("--reranker-train-max-docs", type=int)
+    group.add_argument("--reranker-train-max-queries", type=int)
+    group.add_argument("--reranker-train-half", choices=("a", "b"))
+    group.add_argument("--reranker-train-seed", type=int, default=0)
+    group.add_argument("--reranker-train-all", action="store_true",
+                       help="trained on every query (then the rerank grid has none)")  # fmt: skip
+
+
+def add_cv_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
+                  ) -> argparse.ArgumentParser:  # fmt: skip
+    parser = sub.add_parser("evaluate-cv", help="choose retrieval settings by k-fold "
+                            "cross-validation over the queries (JSON + table)")  # fmt: skip
+    add_cv_arguments(parser)
+    return parser
