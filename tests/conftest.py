@@ -1,5 +1,8 @@
 """Fixtures shared by every test: a real Redis server of our own, unique stream names."""
 
+import argparse
+import io
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -7,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from rich.console import Console
 
 from ragstream.redis_server import RedisServer, start_server
 from ragstream.weaviate_server import WeaviateServer, WeaviateUnavailable, start_weaviate
@@ -22,6 +26,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = start_server(tmp_path_factory.mktemp("redis"), appendonly=False)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`ragstream export-onnx --int8` of the packaged model, once per test run (fp32 + int8)."""
+    from ragstream.onnx_export import run_export
+
+    out = tmp_path_factory.mktemp("onnx") / "all-MiniLM-L6-v2"
+    args = argparse.Namespace(model=None, out=str(out), int8=True, cross_encoder=False)
+    stdout = io.StringIO()
+    code = run_export(args, Console(file=stdout), Console(file=io.StringIO()))
+    assert code == 0, stdout.getvalue()
+    summary = json.loads(stdout.getvalue())
+    assert summary["out"] == str(out) and summary["precisions"] == ["fp32", "int8"]
+    return out
 
 
 @pytest.fixture

@@ -16,12 +16,13 @@ from ragstream.asyncapi import COMMAND, DOCUMENT
 from shared import contracts
 
 ROOT = Path(__file__).resolve().parents[1]
+CHUNK_EVENTS = "ChunkedDocOrDocUnchangedOrDocDeleteOrDocReindex"
 PIPELINE = {
     # operation: (action, stream, payload schema)
     "chunker:rag.docs": ("receive", "rag.docs", "DocUpsertOrDocDelete"),
-    "chunker:rag.chunks": ("send", "rag.chunks", "ChunkedDocOrDocUnchangedOrDocDelete"),
+    "chunker:rag.chunks": ("send", "rag.chunks", CHUNK_EVENTS),
     "chunker:rag.dlq": ("send", "rag.dlq", "DeadLetter"),
-    "embedder:rag.chunks": ("receive", "rag.chunks", "ChunkedDocOrDocUnchangedOrDocDelete"),
+    "embedder:rag.chunks": ("receive", "rag.chunks", CHUNK_EVENTS),
     "embedder:rag.indexed": ("send", "rag.indexed", "DocIndexed"),
     "embedder:rag.docs": ("send", "rag.docs", "DocUpsert"),
     "embedder:rag.dlq": ("send", "rag.dlq", "DeadLetter"),

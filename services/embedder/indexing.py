@@ -1,9 +1,10 @@
 """Chunk events in, index writes and freshness acks out: the embedder stage's logic.
 
-Only what changed is embedded. Before embedding, the batch reads the served version of its docs
-(rows and vectors) from the index: a `DocUnchanged` copies those rows under its new version, and
-a `ChunkedDoc` takes the vector of every chunk whose embedding text the served version already
-has. The copied rows are written like any other, so the index's commit protocol holds as is.
+Only what changed is embedded. Before embedding, the batch reads its docs' fences and served
+rows with their vectors (one concurrent read; the fences also save `apply` its first read). A
+`DocUnchanged` copies those rows under its new version; a `ChunkedDoc` takes the vector of every
+chunk whose embedding text the served version already has. The copied rows are written like any
+other, so the index's commit protocol holds as is.
 """
 
 from collections.abc import Mapping, Sequence
@@ -18,12 +19,14 @@ from shared.chunk_text import embedding_text
 from shared.contracts import ChunkedDoc, DocDelete, DocIndexed, DocUnchanged, IndexOutcome
 from shared.contracts.base import utcnow
 from shared.embedding import Embedder, encode_async
+from shared.index_pool import Index
 from shared.stage import Outcome, Publication
 from shared.store.base import Store
 from shared.store.records import (
     ChunkRecord,
     DeleteDoc,
     DocWrite,
+    Served,
     UpsertDoc,
     Vector,
     WriteOutcome,
@@ -104,19 +107,45 @@ async def embed_missing(
     return np.ascontiguousarray(matrix, dtype=np.float32), len(missing)
 
 
+async def write_to(index: Index, writes: Sequence[DocWrite]) -> int:
+    """Apply `writes` to another generation's index, with that generation's model's vectors
+    (reusing those its served rows have for the same text). How many chunks it embedded."""
+    upserts = [w for w in writes if isinstance(w, UpsertDoc)]
+    served = await index.store.served([w.doc_id for w in upserts]) if upserts else Served({}, {})
+    texts = [_text(c) for w in upserts for c in w.chunks]
+    vectors, n_embedded = await embed_missing(texts, known_vectors(served.docs), index.embedder)
+    rewritten: list[DocWrite] = []
+    offset = 0
+    for write in writes:
+        if isinstance(write, UpsertDoc):
+            n = len(write.chunks)
+            rows = vectors[offset : offset + n]
+            rewritten.append(UpsertDoc(write.doc_id, write.version, write.chunks, rows))
+            offset += n
+        else:
+            rewritten.append(write)
+    if rewritten:
+        await index.store.apply(rewritten, fences=served.fences, prune=False)
+    return n_embedded
+
+
 async def index_batch(
     events: Sequence[ChunkEvent],
     embedder: Embedder,
     store: Store,
     out_stream: str,
     docs_stream: str = "rag.docs",
+    *,
+    also: Sequence[Index] = (),
 ) -> list[Outcome]:
-    """Embed what changed in the batch in one go, apply all writes, ack each event."""
+    """Embed what changed in the batch in one go, apply all writes, ack each event. The same
+    writes go to the `also` generations first (a reindex is building one, or one was retired
+    recently), so an acked version is in every generation a reader may be using."""
     keep = newest_per_doc(events)
     kept = {i: e for i, e in enumerate(events) if i in keep}
     upserts = [e for e in kept.values() if not isinstance(e, DocDelete)]
-    served = await store.served([e.doc_id for e in upserts]) if upserts else {}
-    known = known_vectors(served)
+    served = await store.served([e.doc_id for e in upserts]) if upserts else Served({}, {})
+    known = known_vectors(served.docs)
 
     writes: list[DocWrite] = []
     write_of: dict[int, int] = {}
@@ -130,7 +159,7 @@ async def index_batch(
         if isinstance(event, DocDelete):
             write = DeleteDoc(event.doc_id, event.version)
         elif isinstance(event, DocUnchanged):
-            carried = carried_forward(event, served.get(event.doc_id))
+            carried = carried_forward(event, served.docs.get(event.doc_id))
             if carried is None:
                 resend[index] = event
                 continue
@@ -146,7 +175,11 @@ async def index_batch(
     metrics.chunk_vectors.labels("embedded").inc(n_embedded)
     metrics.chunk_vectors.labels("reused").inc(sum(map(_rows_of, writes)) - n_embedded)
 
-    results = await store.apply(writes)
+    # The prune is left to the stage's timer (`Store.prune`): off the ack path, one per many
+    # batches; readers never see the rows it removes anyway.
+    for generation in also:
+        await write_to(generation, writes)
+    results = await store.apply(writes, fences=served.fences, prune=False)
     indexed_at = utcnow()
     outcomes: list[Outcome] = []
     for index, event in enumerate(events):

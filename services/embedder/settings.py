@@ -13,6 +13,22 @@ class EmbedderSettings(StageSettings):
     batch_size: int = Field(
         default=64, ge=1, description="Max chunk events embedded and written together."
     )
+    prune_interval_s: float = Field(
+        default=0.2,
+        gt=0,
+        description="How often the writer removes rows and fence markers that new versions "
+        "replaced (off the ack path; searches never see them either way).",
+    )
+    generation_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a retired index generation is still written after `ragstream "
+        "switch` (retrievers that have not re-read the registry keep fresh results), before "
+        "it is dropped.",
+    )
+    generation_check_s: float = Field(
+        default=10.0, gt=0, description="How often the writer looks for generations to drop."
+    )
     optimize_check_s: float = Field(
         default=2.0, description="How often the writer checks whether to compact the index."
     )

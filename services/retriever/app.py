@@ -5,12 +5,12 @@ Run: `ragstream run retriever` or `faststream run services.retriever.app:app`.
 
 from functools import partial
 
-from services.retriever.read_your_writes import retrieve_after
-from services.retriever.retrieval import retrieve_batch
+from services.retriever.serving import retrieve_from_serving
 from services.retriever.settings import RetrieverSettings
 from shared.contracts import Answer, Retrieved
 from shared.contracts.queries import QUERY
 from shared.embedding import load_embedder
+from shared.index_pool import IndexPool
 from shared.replies import deadline_answer, error_answer
 from shared.settings import EmbeddingSettings, StoreSettings
 from shared.stage import Stage
@@ -19,21 +19,18 @@ from shared.store.readiness import index_answers
 
 settings = RetrieverSettings()
 stage = Stage("retriever", settings)
-embedder = load_embedder(EmbeddingSettings())
-store = open_store(StoreSettings(), dim=embedder.dim)
+embedding, store_settings = EmbeddingSettings(), StoreSettings()
+embedder = load_embedder(embedding)
+store = open_store(store_settings, dim=embedder.dim)
+pool = IndexPool(
+    stage.redis, stage.streams.indexed, store_settings, embedding, embedder=embedder, store=store
+)
 stage.subscribe(
     stage.streams.queries,
     QUERY,
     partial(
-        retrieve_after,  # read-your-writes: waits for the `after` versions, then retrieves
-        retrieve=partial(
-            retrieve_batch,
-            embedder=embedder,
-            store=store,
-            settings=settings,
-            streams=stage.streams,
-        ),
-        store=store,
+        retrieve_from_serving,  # the serving generation; read-your-writes waits, then searches
+        pool=pool,
         redis=stage.redis,
         streams=stage.streams,
         settings=settings,
@@ -51,4 +48,4 @@ stage.publishes(
 )
 stage.check_ready(index_answers(store))
 app = stage.app()
-app.after_shutdown(store.close)
+app.after_shutdown(pool.close)

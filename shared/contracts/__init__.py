@@ -2,7 +2,14 @@
 
 from shared.contracts.answers import Answer, AnswerDelta, AnswerInvalidated, Citation, Usage
 from shared.contracts.base import SCHEMA_VERSION, Event
-from shared.contracts.chunks import CHUNK_EVENT, Chunk, ChunkedDoc, DocUnchanged, chunk_id
+from shared.contracts.chunks import (
+    CHUNK_EVENT,
+    Chunk,
+    ChunkedDoc,
+    DocReindex,
+    DocUnchanged,
+    chunk_id,
+)
 from shared.contracts.dead_letter import DeadLetter
 from shared.contracts.docs import DOC_EVENT, DocDelete, DocUpsert, content_hash
 from shared.contracts.indexed import DocIndexed, IndexOutcome
@@ -22,6 +29,7 @@ __all__ = [
     "DeadLetter",
     "DocDelete",
     "DocIndexed",
+    "DocReindex",
     "DocUnchanged",
     "DocUpsert",
     "Event",

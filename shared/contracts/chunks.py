@@ -63,5 +63,20 @@ class DocUnchanged(Event):
     doc: DocUpsert
 
 
-ChunkEvent = Annotated[ChunkedDoc | DocUnchanged | DocDelete, Field(discriminator="type")]
-CHUNK_EVENT: TypeAdapter[ChunkedDoc | DocUnchanged | DocDelete] = TypeAdapter(ChunkEvent)
+class DocReindex(Event):
+    """Copy `doc_id`, as the serving index generation serves it when the embedder gets to it,
+    into generation `table`, embedded by that generation's model (`ragstream reindex`)."""
+
+    type: Literal["reindex"] = "reindex"
+    doc_id: DocId
+    version: DocVersion
+    """The version the reindex saw (for logs: the copy is of whatever is served then)."""
+    table: str
+
+
+ChunkEvent = Annotated[
+    ChunkedDoc | DocUnchanged | DocDelete | DocReindex, Field(discriminator="type")
+]
+CHUNK_EVENT: TypeAdapter[ChunkedDoc | DocUnchanged | DocDelete | DocReindex] = TypeAdapter(
+    ChunkEvent
+)

@@ -265,11 +265,9 @@ class LanceDBIndex:
         table = await chunks.query().select([*_CHUNK_COLUMNS, "vector"]).to_arrow()
         return _docs_of_rows(table.to_pylist())
 
-    async def read_rows(self, versions: Mapping[str, int]) -> list[UpsertDoc]:
+    async def read_rows(self, doc_ids: Collection[str]) -> list[UpsertDoc]:
         chunks, _ = await self._tables()
-        wanted = " OR ".join(f"(doc_id = {_sql(d)} AND version = {v})" for d, v in versions.items())
-        where = f"{_docs_in(versions)} AND ({wanted})"
-        query = chunks.query().where(where).select([*_CHUNK_COLUMNS, "vector"])
+        query = chunks.query().where(_docs_in(doc_ids)).select([*_CHUNK_COLUMNS, "vector"])
         return _docs_of_rows((await query.to_arrow()).to_pylist())
 
     async def count_rows(self, doc_id: str | None = None) -> int:
@@ -279,6 +277,15 @@ class LanceDBIndex:
 
     async def close(self) -> None:
         async with self._lock:
+            await self._close()
+
+    async def drop(self) -> None:
+        """Delete both tables (a retired index generation)."""
+        await self._tables()
+        async with self._lock:
+            db = self._db
+            for name in (self.table, f"{self.table}_fences"):
+                await db.drop_table(name, ignore_missing=True)
             await self._close()
 
     async def _close(self) -> None:
@@ -298,12 +305,18 @@ class LanceDBStore(VersionedStore):
     def __init__(self, path: str | Path, dim: int, *, table: str = "chunks") -> None:
         super().__init__(LanceDBIndex(path, dim, table=table))
 
-    async def apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
+    async def apply(
+        self,
+        writes: Sequence[DocWrite],
+        *,
+        fences: Mapping[str, DocState | None] | None = None,
+        prune: bool = True,
+    ) -> list[WriteOutcome]:
         """See `VersionedStore.apply`. An I/O failure (directory gone, disk full, read-only) is
         a `TransientError`: the batch is retried later and a replay heals whatever step it
         stopped at."""
         try:
-            return await super().apply(writes)
+            return await super().apply(writes, fences=fences, prune=prune)
         except (OSError, RuntimeError) as exc:
             if not _is_io_error(exc):
                 raise

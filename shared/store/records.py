@@ -74,6 +74,15 @@ class DocState:
         return f"{self.doc_id}@{self.version}{'~' if self.deleted else ''}"
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What a store's `served` read: each doc's fence (None: the index never had it), and each
+    live doc's served rows."""
+
+    fences: dict[str, DocState | None]
+    docs: dict[str, UpsertDoc]
+
+
 FusionMethod = Literal["zscore", "rrf", "minmax"]
 SearchMode = Literal["hybrid", "dense", "bm25"]
 

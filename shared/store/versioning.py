@@ -63,6 +63,7 @@ from shared.store.records import (
     DocWrite,
     Hit,
     SearchRequest,
+    Served,
     UpsertDoc,
     WriteOutcome,
     check_filters,
@@ -120,14 +121,18 @@ class VersionedIndex(Protocol):
         """Read the request's lists (``request.candidates`` deep), with its filters applied."""
         ...
 
-    async def read_rows(self, versions: Mapping[str, int]) -> list[UpsertDoc]:
-        """The rows (with vectors, in ordinal order) of each doc at the given version; a doc
-        with no rows at that version is left out."""
+    async def read_rows(self, doc_ids: Collection[str]) -> list[UpsertDoc]:
+        """The rows (with vectors, in ordinal order) of these docs, one `UpsertDoc` per doc
+        version the index holds."""
         ...
 
     async def count_rows(self, doc_id: str | None = None) -> int: ...
 
     async def optimize(self, *, min_new_versions: int = 0) -> None: ...
+
+    async def drop(self) -> None:
+        """Delete the index's collections or tables, rows and markers (and close it)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -198,6 +203,8 @@ class VersionedStore:
 
     def __init__(self, index: VersionedIndex) -> None:
         self.index = index
+        self._unpruned: set[str] = set()
+        """Docs written with ``prune=False`` and not pruned since (see `prune`)."""
 
     @property
     def dim(self) -> int:
@@ -209,14 +216,31 @@ class VersionedStore:
     async def fences(self, doc_ids: Collection[str]) -> dict[str, DocState]:
         return fence_of(await self.index.read_fences(doc_ids)) if doc_ids else {}
 
-    async def apply(self, writes: Sequence[DocWrite]) -> list[WriteOutcome]:
+    async def apply(
+        self,
+        writes: Sequence[DocWrite],
+        *,
+        fences: Mapping[str, DocState | None] | None = None,
+        prune: bool = True,
+    ) -> list[WriteOutcome]:
         """Apply a batch: insert rows, insert markers, then prune (rows and stale markers at
-        once). Outcomes in the order of `writes`."""
+        once). Outcomes in the order of `writes`.
+
+        `fences`: the batch's fences as the caller read them just before (`served`), to save
+        the first read. Any earlier read is safe: `plan` drops writes below it, and a write
+        below a fence the read missed only adds rows and a marker no reader serves, which the
+        prune removes. ``prune=False`` leaves the prune to the next `prune` call: readers see
+        the same either way (rows below a fence are never served), the commit is two index
+        writes shorter, and one `prune` covers many applies.
+        """
         if not writes:
             return []
         check_writes(writes, self.dim)
         doc_ids = list(dict.fromkeys(w.doc_id for w in writes))
-        before = await self.fences(doc_ids)
+        if fences is not None and all(d in fences for d in doc_ids):
+            before = {d: f for d, f in fences.items() if f is not None}
+        else:
+            before = await self.fences(doc_ids)
         outcomes, winners = plan(writes, before)
         new = [w for w in winners.values() if _newer(w.version, before.get(w.doc_id))]
         rows = [w for w in new if isinstance(w, UpsertDoc) and w.chunks]
@@ -228,6 +252,25 @@ class VersionedStore:
             await self.index.insert_fences(
                 [DocState(w.doc_id, w.version, isinstance(w, DeleteDoc)) for w in new]
             )
+        if prune:
+            await self._prune(doc_ids)
+        else:
+            self._unpruned.update(doc_ids)
+        return outcomes
+
+    async def prune(self) -> None:
+        """Prune what applies with ``prune=False`` left (a writer calls it on a short timer
+        and before closing). A failure keeps the docs for the next call."""
+        if not self._unpruned:
+            return
+        doc_ids, self._unpruned = self._unpruned, set()
+        try:
+            await self._prune(list(doc_ids))
+        except BaseException:
+            self._unpruned |= doc_ids
+            raise
+
+    async def _prune(self, doc_ids: Sequence[str]) -> None:
         markers = await self.index.read_fences(doc_ids)
         after = fence_of(markers)
         if after:
@@ -237,7 +280,6 @@ class VersionedStore:
                 self.index.prune_rows(list(after.values())),
                 self.index.prune_markers(stale) if stale else _nothing(),
             )
-        return outcomes
 
     async def hybrid_search(self, request: SearchRequest) -> list[Hit]:
         """Read the lists, keep the rows of each doc's fenced version, fuse (unless the index
@@ -307,12 +349,23 @@ class VersionedStore:
     async def current_version(self, doc_id: str) -> DocState | None:
         return (await self.fences([doc_id])).get(doc_id)
 
-    async def served(self, doc_ids: Collection[str]) -> dict[str, UpsertDoc]:
-        """The version each doc is served at, with its rows and their vectors; docs that are
-        unknown or deleted are left out. Its rows may be pruned by a newer version at any time
-        after this read, so a caller must not assume they are still there: it copies them."""
-        live = {d: f.version for d, f in (await self.fences(doc_ids)).items() if not f.deleted}
-        return {doc.doc_id: doc for doc in await self.index.read_rows(live)} if live else {}
+    async def served(self, doc_ids: Collection[str]) -> Served:
+        """The docs' fences and, for each live one, its served version's rows and vectors (one
+        concurrent read of each). Rows may be pruned by a newer version at any time after this
+        read, so a caller must not assume they are still there: it copies them."""
+        if not doc_ids:
+            return Served({}, {})
+        markers, docs = await asyncio.gather(
+            self.index.read_fences(doc_ids), self.index.read_rows(doc_ids)
+        )
+        fences = fence_of(markers)
+        live = {
+            doc.doc_id: doc
+            for doc in docs
+            if (f := fences.get(doc.doc_id)) is not None
+            and not f.deleted and f.version == doc.version
+        }  # fmt: skip
+        return Served({d: fences.get(d) for d in doc_ids}, live)
 
     async def count_chunks(self, doc_id: str | None = None) -> int:
         return await self.index.count_rows(doc_id)
@@ -320,8 +373,15 @@ class VersionedStore:
     async def optimize(self, *, min_new_versions: int = 0) -> None:
         await self.index.optimize(min_new_versions=min_new_versions)
 
+    async def drop(self) -> None:
+        self._unpruned.clear()
+        await self.index.drop()
+
     async def close(self) -> None:
-        await self.index.close()
+        try:
+            await self.prune()
+        finally:
+            await self.index.close()
 
 
 async def _nothing() -> None:

@@ -21,7 +21,7 @@ on a replicated cluster; on one node every level is the same).
 import asyncio
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -415,35 +415,27 @@ class WeaviateIndex:
                 return markers
             offset += limit
 
-    async def read_rows(self, versions: Mapping[str, int]) -> list[UpsertDoc]:
+    async def read_rows(self, doc_ids: Collection[str]) -> list[UpsertDoc]:
         chunks, _ = await self._collections()
-        rows: dict[str, list[tuple[ChunkRecord, list[float]]]] = {}
-        found = await asyncio.gather(
-            *(self._doc_rows(chunks, doc_id, version) for doc_id, version in versions.items())
-        )
-        for doc_id, doc_rows in zip(versions, found, strict=True):
-            if doc_rows:
-                rows[doc_id] = sorted(doc_rows, key=lambda r: r[0].ordinal)
-        return [
-            UpsertDoc(
-                doc_id,
-                versions[doc_id],
-                [chunk for chunk, _ in doc_rows],
-                np.asarray([vector for _, vector in doc_rows], dtype=np.float32),
-            )
-            for doc_id, doc_rows in rows.items()
-        ]
+        found = await asyncio.gather(*(self._doc_rows(chunks, doc_id) for doc_id in doc_ids))
+        versions: dict[tuple[str, int], list[tuple[ChunkRecord, list[float]]]] = {}
+        for chunk, vector in (row for doc_rows in found for row in doc_rows):
+            versions.setdefault((chunk.doc_id, chunk.version), []).append((chunk, vector))
+        docs = []
+        for (doc_id, version), rows in versions.items():
+            rows.sort(key=lambda r: r[0].ordinal)
+            vectors = np.asarray([vector for _, vector in rows], dtype=np.float32)
+            docs.append(UpsertDoc(doc_id, version, [chunk for chunk, _ in rows], vectors))
+        return docs
 
-    async def _doc_rows(
-        self, chunks: Any, doc_id: str, version: int
-    ) -> list[tuple[ChunkRecord, list[float]]]:
-        where = _doc(doc_id) & Filter.by_property("version").equal(version)
+    async def _doc_rows(self, chunks: Any, doc_id: str) -> list[tuple[ChunkRecord, list[float]]]:
+        """Every row of the doc, with its vector (one filtered read, in pages)."""
         found: list[tuple[ChunkRecord, list[float]]] = []
         while True:
             response = await self._call(
                 partial(
                     chunks.query.fetch_objects,
-                    filters=where,
+                    filters=_doc(doc_id),
                     limit=_READ_SLICE,
                     offset=len(found),
                     include_vector=True,
@@ -473,7 +465,7 @@ class WeaviateIndex:
             self._client = self._chunks = self._fences = None
 
     async def drop(self) -> None:
-        """Delete both collections (tests and benches only)."""
+        """Delete both collections (a retired index generation; tests and benches)."""
         await self._collections()
         await self._client.collections.delete([self.name, f"{self.name}Fences"])
         await self.close()

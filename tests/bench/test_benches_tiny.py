@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,18 +16,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCIFACT = datasets_dir() / "scifact"
 
 
-def run_bench(*args: str) -> dict[str, object]:
+def run_bench(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", *args],
         capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
-def assert_instrumented(result: dict[str, object], stages: set[str]) -> None:
+def assert_instrumented(result: dict[str, Any], stages: set[str]) -> None:
     instrumentation = result["instrumentation"]
     assert isinstance(instrumentation, dict)
     assert set(instrumentation) == stages
@@ -35,15 +37,24 @@ def assert_instrumented(result: dict[str, object], stages: set[str]) -> None:
         assert 0 <= figures["metrics_pct"] < 100
 
 
-def test_ingest_bench() -> None:
+def test_ingest_bench(onnx_export: Path) -> None:
     result = run_bench(
         "bench.ingest", "--corpus", str(SCIFACT / "corpus.jsonl"), "--limit", "20",
-        "--updates", "3", "--ceiling-sample", "20",
+        "--updates", "3", "--ceiling-sample", "20", "--edit-paragraphs", "12",
+        "--backends", "torch,onnx-int8",
+        env={"RAG_EMBEDDING_ONNX_PATH": str(onnx_export)},
     )  # fmt: skip
-    bulk = result["bulk"]
-    assert isinstance(bulk, dict)
-    assert bulk["indexed"] == 20
-    assert_instrumented(result, {"chunker", "embedder"})
+    backends = result["backends"]
+    assert isinstance(backends, dict) and set(backends) == {"torch", "onnx-int8"}
+    for figures in backends.values():
+        assert figures["bulk"]["indexed"] == 20
+        resync = figures["resync"]
+        assert resync["indexed"] == resync["unchanged"] == 20  # nothing embedded again
+        edit = figures["edit"]
+        assert edit["outcome"] == "indexed" and 1 <= edit["chunks_embedded"] <= 2
+        assert edit["chunks_reused"] >= 1
+        assert figures["updates"]["n"] == 3
+        assert_instrumented(figures, {"chunker", "embedder"})
 
 
 def test_query_bench() -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from ragstream.allinone import running
+from ragstream.allinone import STAGES, running
 from ragstream.redis_server import RedisServer
 from ragstream.sync import SyncResult, SyncState
 from ragstream.watch import watch
 from shared import doc_state
+from shared.client import ask
 from shared.contracts import DocDelete, DocUpsert
 from shared.settings import StoreSettings, StreamSettings, store_env
 from tests.cli.fake_index import FakeIndex, cli_env, fake_index
@@ -104,12 +105,12 @@ async def test_touch_without_change_sends_nothing(watching: Watching, tmp_path: 
 def pipeline(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[StreamSettings, Path]]:
-    """Real chunker and embedder processes (one set for this module)."""
+    """All five stages as real processes (one set for this module)."""
     streams = unique_streams()
     data_dir = tmp_path_factory.mktemp("watch")
     store = StoreSettings(backend="lancedb", lancedb_path=data_dir / "index")
     env = {**stream_env(streams), **store_env(store)}
-    with running(data_dir, redis_server.url, ("chunker", "embedder"), env, streams):
+    with running(data_dir, redis_server.url, STAGES, env, streams):
         yield streams, data_dir
 
 
@@ -146,6 +147,12 @@ async def test_watch_end_to_end_and_ctrl_c(
         state = await doc_state.read(redis, streams.indexed, "mars.md")
         assert state is not None and state.version == indexed["version"] and not state.deleted
         assert took < 5, took
+        # the README's demo: the next ask cites the saved text
+        answer = await ask(redis, "Who found the moons of Mars?", streams=streams, timeout=30)
+        answered = time.monotonic() - saved
+        assert [c.doc_id for c in answer.citations][:1] == ["mars.md"], answer
+        assert "Asaph Hall" in answer.text
+        print(f"saved → indexed {took * 1000:.0f} ms, → answer citing it {answered * 1000:.0f} ms")
 
         (folder / "mars.md").unlink()
         deleted = await until("doc deleted", "mars.md")

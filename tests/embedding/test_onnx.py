@@ -2,21 +2,16 @@
 session, fp32 and int8, by the project's own exporter) from the packaged all-MiniLM-L6-v2,
 and compared row by row with `SentenceTransformer.encode` on the same texts."""
 
-import argparse
-import io
 import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from rich.console import Console
 
 from ragstream.cli import build_parser, cmd_export_onnx
-from ragstream.onnx_export import run_export
 from shared.embedding import SentenceTransformerEmbedder, load_embedder
 from shared.onnx_embedding import OnnxEmbedder, pooling_mode
 from shared.onnx_models import (
@@ -57,19 +52,9 @@ PARTNER = {i: (i + len(TOPICS)) % (2 * len(TOPICS)) for i in range(2 * len(TOPIC
 
 
 @pytest.fixture(scope="session")
-def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """fp32 + int8 export of the packaged model by `run_export` (the `export-onnx` command)."""
-    out = tmp_path_factory.mktemp("onnx") / "minilm"
-    args = argparse.Namespace(model=None, out=str(out), int8=True, cross_encoder=False)
-    stdout = io.StringIO()
-    started = time.perf_counter()
-    code = run_export(args, Console(file=stdout), Console(file=io.StringIO()))
-    print(f"export fp32+int8: {time.perf_counter() - started:.1f} s")
-    assert code == 0
-    summary = json.loads(stdout.getvalue())
-    assert summary["out"] == str(out)
-    assert summary["precisions"] == ["fp32", "int8"]
-    return out
+def export_dir(onnx_export: Path) -> Path:
+    """The session's fp32 + int8 export of the packaged model (`tests/conftest.py`)."""
+    return onnx_export
 
 
 @pytest.fixture(scope="session")

@@ -118,8 +118,13 @@ def _expected(record: dict[str, Any]) -> bool:
     return (
         event == "handling failed, entry left pending for redelivery"  # the injected poison
         or event == "Message fetch error"  # FastStream, while the server was down
-        or (event == "background job failed" and "optimize" in record.get("job", ""))  # outage
+        # the index outage: the embedder's compaction and deferred prune fail until it is back
+        or (event == "background job failed" and _index_job(record.get("job", "")))
     )
+
+
+def _index_job(job: str) -> bool:
+    return "optimize" in job or job == "prune"
 
 
 def _records(path: Path) -> list[dict[str, Any]]:

@@ -113,6 +113,58 @@ async def test_update_replaces_old_chunks(store: VersionedStore) -> None:
     assert {h.chunk.version for h in hits} == {2} and len(hits) == 2
 
 
+async def test_served_reads_fences_and_the_served_rows_with_vectors(
+    store: VersionedStore,
+) -> None:
+    v1 = upsert("a", 1, ["apple pie", "banana bread"])
+    await store.apply([v1, upsert("b", 1, ["cherry"]), DeleteDoc("c", 2)])
+    await store.apply([upsert("b", 2, ["cherry tart"])], prune=False)  # b@1's rows stay a while
+
+    served = await store.served(["a", "b", "c", "never"])
+
+    assert served.fences == {
+        "a": DocState("a", 1, False),
+        "b": DocState("b", 2, False),
+        "c": DocState("c", 2, True),
+        "never": None,
+    }
+    assert set(served.docs) == {"a", "b"}  # deleted and unknown docs have no rows
+    assert [c.text for c in served.docs["a"].chunks] == ["apple pie", "banana bread"]
+    np.testing.assert_allclose(served.docs["a"].vectors, v1.vectors, atol=1e-6)
+    assert [(c.text, c.version) for c in served.docs["b"].chunks] == [("cherry tart", 2)]
+
+
+async def test_a_deferred_prune_changes_what_is_stored_not_what_is_served(
+    store: VersionedStore,
+) -> None:
+    await store.apply([upsert("a", 1, ["apple pie", "banana bread", "cherry tart"])])
+    fences = (await store.served(["a", "z"])).fences
+    outcomes = await store.apply(
+        [upsert("a", 2, ["apple crumble"]), DeleteDoc("z", 1)], fences=fences, prune=False
+    )
+    assert outcomes == [APPLIED, APPLIED]
+    assert await texts_of(store, "a") == [("apple crumble", 2)]
+    assert await store.hybrid_search(bm25("banana")) == []
+    assert await store.count_chunks("a") == 4  # v1's rows are still stored, never served
+
+    await store.prune()
+
+    assert await store.count_chunks("a") == 1
+    assert await texts_of(store, "a") == [("apple crumble", 2)]
+    await store.prune()  # nothing left: a no-op
+
+
+async def test_fences_read_before_a_newer_write_cannot_bring_an_old_version_back(
+    store: VersionedStore,
+) -> None:
+    await store.apply([upsert("a", 1, ["apple pie"])])
+    early = (await store.served(["a"])).fences  # a concurrent writer then commits v3
+    await store.apply([upsert("a", 3, ["apple strudel"])])
+    assert await store.apply([upsert("a", 2, ["apple tart"])], fences=early) == [APPLIED]
+    assert await texts_of(store, "a") == [("apple strudel", 3)]
+    assert await store.count_chunks("a") == 1
+
+
 async def test_delete_keeps_a_tombstone(store: VersionedStore) -> None:
     await store.apply([upsert("a", 2, ["apple pie", "banana bread"])])
     assert await store.apply([DeleteDoc("a", 3)]) == [APPLIED]
