@@ -126,6 +126,41 @@ class StoreSettings(BaseSettings):
         description="`client`: a vector and a BM25 query fused by ragstream (keeps per-list "
         "scores for abstention); `native`: Weaviate's relative-score hybrid in one query.",
     )
+    ann_min_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="LanceDB: once the chunk table holds this many rows, `optimize` (run "
+        "periodically by the embedder) builds an approximate (ANN) index on the vectors, and "
+        "later runs fold new rows into it; rows not yet folded in are still searched exactly. "
+        "Below it, dense search is an exact scan. See docs/scaling.md.",
+    )
+    ann_retrain_growth: float = Field(
+        default=4.0,
+        ge=0,
+        description="LanceDB: `optimize` rebuilds the ANN index once the table has grown this "
+        "many times since the index was trained (its partitions are sized for that many rows); "
+        "0 (or anything up to 1): never.",
+    )
+    ann_index: Literal["ivf_pq", "ivf_hnsw_sq"] = Field(
+        default="ivf_pq",
+        description="LanceDB ANN index type (cosine): `ivf_pq` (product-quantised, dim/8 "
+        "sub-vectors) or `ivf_hnsw_sq` (HNSW graphs over scalar-quantised vectors).",
+    )
+    ann_nprobes: int = Field(
+        default=60,
+        ge=1,
+        description="LanceDB ANN: IVF partitions searched per dense query (of ~rows/8192 for "
+        "`ivf_pq`; 60 keeps recall@10 ≥ 0.95 at 1M chunks, see docs/scaling.md).",
+    )
+    ann_refine_factor: int = Field(
+        default=5,
+        ge=1,
+        description="LanceDB ANN: a dense query reads `candidates × refine_factor` rows from the "
+        "quantised index and re-ranks them by their exact cosine (recall and exact scores).",
+    )
+    ann_ef: int = Field(
+        default=300, ge=1, description="LanceDB `ivf_hnsw_sq`: HNSW search breadth (ef)."
+    )
 
 
 def store_env(settings: StoreSettings) -> dict[str, str]:

@@ -13,7 +13,7 @@ def open_store(settings: StoreSettings, dim: int) -> Store:
     if settings.backend == "lancedb":
         from shared.store.lancedb_store import LanceDBStore
 
-        return LanceDBStore(settings.lancedb_path, dim, table=settings.table)
+        return LanceDBStore(settings.lancedb_path, dim, table=settings.table, settings=settings)
     if settings.backend == "weaviate":
         from shared.store.weaviate_store import WeaviateStore
 

@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import FTS, BTree, LabelList
+from lancedb.index import FTS, BTree, HnswSq, IvfPq, LabelList
 
 from shared.chunk_text import search_text
 from shared.errors import TransientError
+from shared.settings import StoreSettings
 from shared.store.records import (
     ChunkRecord,
     DocState,
@@ -94,8 +95,17 @@ class LanceDBIndex:
     settle_s = 0.0
     """A merge-insert is one commit: its rows become visible together."""
 
-    def __init__(self, path: str | Path, dim: int, *, table: str = "chunks") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        dim: int,
+        *,
+        table: str = "chunks",
+        settings: StoreSettings | None = None,
+    ) -> None:
         self.path, self.dim, self.table = Path(path), dim, table
+        self.settings = settings or StoreSettings()
+        """Only its ``ann_*`` fields are read here (the ANN index and the dense search)."""
         self._db: Any = None
         self._chunks: Any = None
         self._fences: Any = None  # lancedb is untyped
@@ -217,7 +227,38 @@ class LanceDBIndex:
             return
         for table in tables:
             await _retry(partial(table.optimize, cleanup_older_than=cleanup_older_than))
+        await self._ensure_vector_index(tables[0])
         self._optimized_at = await tables[0].version()
+
+    async def _ensure_vector_index(self, chunks: Any) -> None:
+        """Past ``ann_min_rows`` rows, build the ANN index on the vectors; `optimize` folds
+        later rows into it (rows not yet folded in are searched exactly meanwhile), and
+        rebuilds it once the table has grown ``ann_retrain_growth`` times since it was trained
+        (its partitions are sized for the rows it was trained on). It is named after that row
+        count. Training takes minutes on 1M chunks (docs/scaling.md): hence here, off the
+        write path. A rebuild is made before the old index is dropped, so searches keep one."""
+        rows = await chunks.count_rows()
+        built = sorted(
+            (_trained_rows(index.name), index.name)
+            for index in await chunks.list_indices()
+            if "vector" in index.columns
+        )
+        growth = self.settings.ann_retrain_growth
+        if built and not (growth > 1 and rows >= built[-1][0] * growth):
+            newest = built[-1][1]
+        elif rows >= self.settings.ann_min_rows:
+            newest = f"vector_ann_{rows}"
+            try:
+                config = _ann_config(self.settings, self.dim)
+                await chunks.create_index("vector", config=config, name=newest, replace=False)
+            except (RuntimeError, ValueError) as exc:  # another process won the race
+                if "already exists" not in str(exc):
+                    raise
+        else:
+            return
+        for _, name in built:
+            if name != newest:
+                await _retry(partial(chunks.drop_index, name))
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -237,6 +278,9 @@ class LanceDBIndex:
         chunks, _ = await self._tables()
         query = chunks.query().nearest_to(np.asarray(request.vector, dtype=np.float32))
         query = query.distance_type("cosine").limit(request.candidates)
+        ann = self.settings  # ignored while there is no ANN index (exact search)
+        query = query.nprobes(ann.ann_nprobes).refine_factor(ann.ann_refine_factor)
+        query = query.ef(max(ann.ann_ef, request.candidates))
         if where:
             query = query.where(where)
         table = await query.select([*_CHUNK_COLUMNS, "_distance"]).to_arrow()
@@ -302,8 +346,15 @@ class LanceDBStore(VersionedStore):
 
     index: LanceDBIndex
 
-    def __init__(self, path: str | Path, dim: int, *, table: str = "chunks") -> None:
-        super().__init__(LanceDBIndex(path, dim, table=table))
+    def __init__(
+        self,
+        path: str | Path,
+        dim: int,
+        *,
+        table: str = "chunks",
+        settings: StoreSettings | None = None,
+    ) -> None:
+        super().__init__(LanceDBIndex(path, dim, table=table, settings=settings))
 
     async def apply(
         self,
@@ -384,6 +435,22 @@ async def _ensure_index(table: Any, column: str, config: Any) -> None:
     except (RuntimeError, ValueError) as exc:  # another process won the race
         if "already exists" not in str(exc):
             raise
+
+
+def _trained_rows(index_name: str) -> int:
+    """The row count an ANN index was trained on, from its name (0 if not named so)."""
+    tail = index_name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _ann_config(settings: StoreSettings, dim: int) -> IvfPq | HnswSq:
+    """The ANN index the settings name, on cosine distance (what `_dense` searches with)."""
+    if settings.ann_index == "ivf_hnsw_sq":
+        return HnswSq(distance_type="cosine")
+    # dim/8 sub-vectors (48 bytes a 384-dim row), twice LanceDB's default: better ranking
+    # before the refine step re-scores the candidates exactly.
+    sub_vectors = dim // 8 if dim % 8 == 0 else None
+    return IvfPq(distance_type="cosine", num_sub_vectors=sub_vectors)
 
 
 def _is_io_error(exc: BaseException) -> bool:

@@ -65,3 +65,29 @@ def test_query_bench() -> None:
     assert result["queries"] == 3
     assert result["errors"] == 0
     assert_instrumented(result, {"chunker", "embedder", "retriever", "reranker", "generator"})
+
+
+def test_scale_bench() -> None:
+    result = run_bench(
+        "bench.scale", "--corpus", str(SCIFACT / "corpus.jsonl"),
+        "--queries", str(SCIFACT / "queries-train.jsonl"), "--chunks", "3000", "--n", "10",
+        "--source-docs", "30", "--batch-docs", "100", "--optimize-every", "5",
+    )  # fmt: skip
+    assert result["chunks"] == 3000
+    indices = result["indices"]
+    assert isinstance(indices, dict)
+    assert indices["vector_ann_3000"] == "IvfPq"  # built past --ann-min-rows (default: --chunks)
+    assert result["queries"] == 10
+    assert float(result["recall_at_10"]) >= 0.9
+    assert int(result["disk_bytes_per_million_chunks"]) > 0
+
+
+def test_stream_memory_bench() -> None:
+    result = run_bench(
+        "bench.stream_memory", "--corpus", str(SCIFACT / "corpus.jsonl"), "--n", "50"
+    )
+    for kind in ("doc_event", "chunk_event"):
+        figures = result[kind]
+        assert isinstance(figures, dict)
+        assert figures["entries"] == 50
+        assert figures["used_memory_bytes_per_pending_entry"] > figures["payload_bytes_median"]
