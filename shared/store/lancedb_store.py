@@ -52,6 +52,9 @@ _CHUNK_COLUMNS = [
     "section_path", "char_start", "char_end", "source", "tags",
 ]  # fmt: skip
 
+_REF_COLUMNS = ["chunk_id", "doc_id", "version"]
+"""What a candidate list reads of each row: enough to fuse and fence it."""
+
 FENCE_SCHEMA = pa.schema(
     [
         pa.field("fence_id", pa.string(), nullable=False, metadata=_PRIMARY_KEY),
@@ -283,8 +286,8 @@ class LanceDBIndex:
         query = query.ef(max(ann.ann_ef, request.candidates))
         if where:
             query = query.where(where)
-        table = await query.select([*_CHUNK_COLUMNS, "_distance"]).to_arrow()
-        return [(_chunk(r), 1.0 - r["_distance"]) for r in table.to_pylist()]
+        table = await query.select([*_REF_COLUMNS, "_distance"]).to_arrow()
+        return [(_ref(r), 1.0 - r["_distance"]) for r in table.to_pylist()]
 
     async def _bm25(self, request: SearchRequest, where: str) -> Scored:
         if not request.text.strip():
@@ -294,8 +297,21 @@ class LanceDBIndex:
         query = query.limit(request.candidates)
         if where:
             query = query.where(where)
-        table = await query.select([*_CHUNK_COLUMNS, "_score"]).to_arrow()
-        return [(_chunk(r), r["_score"]) for r in table.to_pylist()]
+        table = await query.select([*_REF_COLUMNS, "_score"]).to_arrow()
+        return [(_ref(r), r["_score"]) for r in table.to_pylist()]
+
+    async def complete(self, rows: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The full rows of the candidates a search keeps (its lists read only their ids: reading
+        every candidate's text by random access cost more than both searches at 1M rows)."""
+        if not rows:
+            return []
+        chunks, _ = await self._tables()
+        keys = ", ".join(_sql(r.row_id) for r in rows)
+        table = await chunks.query().where(f"row_id IN ({keys})").select(
+            ["row_id", *_CHUNK_COLUMNS]
+        ).to_arrow()  # fmt: skip
+        full = {r["row_id"]: _chunk(r) for r in table.to_pylist()}
+        return [full[r.row_id] for r in rows if r.row_id in full]
 
     async def read_fences(self, doc_ids: Collection[str]) -> list[DocState]:
         _, table = await self._tables()
@@ -372,6 +388,14 @@ class LanceDBStore(VersionedStore):
             if not _is_io_error(exc):
                 raise
             raise TransientError(f"LanceDB I/O error ({type(exc).__name__})") from exc
+
+
+def _ref(row: Mapping[str, Any]) -> ChunkRecord:
+    """A candidate by its identity alone (`complete` reads the rest for the rows kept)."""
+    return ChunkRecord(
+        chunk_id=row["chunk_id"], doc_id=row["doc_id"], version=row["version"], ordinal=0,
+        title="", text="", section_path=(), char_start=0, char_end=0,
+    )  # fmt: skip
 
 
 def _chunk(row: Mapping[str, Any]) -> ChunkRecord:

@@ -118,7 +118,14 @@ class VersionedIndex(Protocol):
         ...
 
     async def candidates(self, request: SearchRequest) -> Candidates:
-        """Read the request's lists (``request.candidates`` deep), with its filters applied."""
+        """Read the request's lists (``request.candidates`` deep), with its filters applied.
+        Their rows may hold only ``chunk_id``, ``doc_id`` and ``version`` (see `complete`)."""
+        ...
+
+    async def complete(self, rows: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """The full rows of candidates `candidates` returned, in order (a search calls it for
+        the few it keeps; an index whose lists hold full rows returns them as they are). A row
+        pruned since (its doc moved on after the search read the fences) is left out."""
         ...
 
     async def read_rows(self, doc_ids: Collection[str]) -> list[UpsertDoc]:
@@ -301,9 +308,11 @@ class VersionedStore:
         if found.fused is not None:
             dense = {r.chunk_id: s for r, s in found.dense}
             bm25 = {r.chunk_id: s for r, s in found.bm25}
+            kept = served(found.fused)[: request.k]
+            score = {row.chunk_id: value for row, value in kept}
             return [
-                Hit(row, score, dense.get(row.chunk_id), bm25.get(row.chunk_id))
-                for row, score in served(found.fused)[: request.k]
+                Hit(row, score[row.chunk_id], dense.get(row.chunk_id), bm25.get(row.chunk_id))
+                for row in await self.index.complete([row for row, _ in kept])
             ]
         dense_rows, bm25_rows = served(found.dense), served(found.bm25)
         by_id = {row.chunk_id: row for row, _ in (*dense_rows, *bm25_rows)}
@@ -315,14 +324,17 @@ class VersionedStore:
             alpha=alpha,
         )[: request.k]
         raw = {"dense": "dense", "bm25": "bm25"}.get(request.mode)
+        completed = await self.index.complete([by_id[f.id] for f in fused])
+        rows = {row.chunk_id: row for row in completed}
         return [
             Hit(
-                chunk=by_id[f.id],
+                chunk=rows[f.id],
                 score=f.score if raw is None else float(getattr(f, raw)),
                 dense_score=f.dense,
                 bm25_score=f.bm25,
             )
             for f in fused
+            if f.id in rows
         ]
 
     async def _snapshot(self, request: SearchRequest) -> tuple[Candidates, dict[str, DocState]]:

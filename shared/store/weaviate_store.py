@@ -388,6 +388,10 @@ class WeaviateIndex:
         )
         return [(_chunk(o.properties), float(o.metadata.score)) for o in response.objects]
 
+    async def complete(self, rows: Sequence[ChunkRecord]) -> list[ChunkRecord]:
+        """Its lists hold full rows already."""
+        return list(rows)
+
     async def read_fences(self, doc_ids: Collection[str]) -> list[DocState]:
         _, collection = await self._collections()
         ids = list(doc_ids)
