@@ -28,6 +28,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def default_onnx_export() -> None:
+    """The export the default embedding backend (ONNX int8) reads, made where `make install`
+    makes it if it is missing (`RAG_EMBEDDING_ONNX_PATH` set: that one is used)."""
+    from ragstream.onnx_export import run_export
+    from shared.onnx_models import MANIFEST_FILE, default_export_dir
+
+    if os.environ.get("RAG_EMBEDDING_ONNX_PATH"):
+        return
+    out = default_export_dir(None)
+    if (out / MANIFEST_FILE).is_file():
+        return
+    args = argparse.Namespace(model=None, out=str(out), int8=True, cross_encoder=False)
+    assert run_export(args, Console(file=io.StringIO()), Console(file=io.StringIO())) == 0
+
+
 @pytest.fixture(scope="session")
 def onnx_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`ragstream export-onnx --int8` of the packaged model, once per test run (fp32 + int8)."""

@@ -226,7 +226,9 @@ def test_eval_index_cache_key_separates_backends() -> None:
         ),
     }
     assert len(keys) == 4
-    # The torch key is what it was before backends existed: its cached indexes stay valid.
-    assert cache_key(dataset, chunker, EmbeddingSettings()) == cache_key(
-        dataset, chunker, EmbeddingSettings(backend="torch", onnx_precision="int8")
+    # The torch key is what it was before backends existed (the ONNX fields do not enter it):
+    # its cached indexes stay valid.
+    assert cache_key(dataset, chunker, EmbeddingSettings(backend="torch")) == cache_key(
+        dataset, chunker, EmbeddingSettings(backend="torch", onnx_precision="fp32")
     )
+    assert cache_key(dataset, chunker, EmbeddingSettings()) in keys  # the default: int8
