@@ -24,6 +24,7 @@ from ragstream.evaluation.arguments import (
     add_cv_parser,
     add_eval_arguments,
     add_train_arguments,
+    add_train_embedder_arguments,
 )
 from ragstream.output import START_HINT, CommandFailed, Output, redacted
 from shared.errors import REDIS_DOWN
@@ -566,6 +567,12 @@ def cmd_train_reranker(args: argparse.Namespace, say: Output) -> int:
     return run_train_reranker(args, out, err)
 
 
+def cmd_train_embedder(args: argparse.Namespace, say: Output) -> int:
+    from ragstream.evaluation.embedder_command import run_train_embedder
+
+    return run_train_embedder(args, out, err)
+
+
 def cmd_reindex(args: argparse.Namespace, say: Output) -> int:
     """Build a new index generation; with --switch, serve it once ready."""
     from ragstream import reindex
@@ -774,6 +781,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one line a subc
     add_train_arguments(train)
     train.set_defaults(func=cmd_train_reranker)
 
+    tune = sub.add_parser("train-embedder", help="fine-tune the embedding model (bi-encoder)")
+    add_train_embedder_arguments(tune)
+    tune.set_defaults(func=cmd_train_embedder)
 
     from ragstream.onnx_export import add_export_arguments
 

@@ -47,6 +47,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--batch-groups", type=int, default=4, help="groups per step")
     parser.add_argument("--lr", type=float, default=1.5e-4)
+    add_fold_arguments(parser, required=False)
 
 
 def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +69,9 @@ def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--reranker-train-max-queries", type=int)
     group.add_argument("--reranker-train-half", choices=("a", "b"))
     group.add_argument("--reranker-train-seed", type=int, default=0)
+    group.add_argument("--reranker-train-fold", type=int,
+                       help="trained with `--fold K` (same --folds/--cv-seed): on every fold "
+                       "but K")  # fmt: skip
     group.add_argument("--reranker-train-all", action="store_true",
                        help="trained on every query (then the rerank grid has none)")  # fmt: skip
 
@@ -78,3 +82,33 @@ def add_cv_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
                             "cross-validation over the queries (JSON + table)")  # fmt: skip
     add_cv_arguments(parser)
     return parser
+
+
+def add_fold_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """`--folds/--fold` (train on the other folds' queries; `evaluate-cv`'s split) and `--all`."""
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    parser.add_argument("--cv-seed", type=int, default=0, help="seed of the fold split")
+    which = parser.add_mutually_exclusive_group(required=required)
+    which.add_argument("--fold", type=int,
+                       help="hold this fold out: train on the other folds' queries")  # fmt: skip
+    which.add_argument("--all", action="store_true", help="train on every query (to ship)")
+
+
+def add_train_embedder_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    add_fold_arguments(parser, required=True)
+    parser.add_argument("--out", required=True,
+                        help="directory to save the sentence-transformers model in")  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32, help="(query, positive) per step")
+    parser.add_argument("--negatives", type=int, default=1, help="hard negatives per positive")
+    parser.add_argument("--skip", type=int, default=2,
+                        help="top non-relevant retrieved docs skipped (likely unjudged "
+                        "positives)")  # fmt: skip
+    parser.add_argument("--max-seq-length", type=int, default=128, help="of training texts")
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--mine-depth", type=int, default=30, help="retrieved chunks mined")
+    parser.add_argument("--no-evaluate", action="store_true",
+                        help="--fold: skip measuring base vs tuned on the held-out fold "
+                        "(which re-embeds the corpus with the tuned model)")  # fmt: skip
+    parser.add_argument("--report", help="also write the JSON summary here")

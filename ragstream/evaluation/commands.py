@@ -186,17 +186,25 @@ def run_eval(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def run_train_reranker(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from ragstream.evaluation.embedder_training import only_queries, training_split
     from ragstream.evaluation.reranker_training import TrainingConfig, train_reranker
 
     quiet_logs()
     dataset = load_selected(args)
     embedder = load_embedder()
     info = build_index(args, dataset, embedder, err)
+    fold = None if args.all else args.fold
+    split = training_split(list(dataset.queries), folds=args.folds, fold=fold, seed=args.cv_seed)
+    dataset = only_queries(dataset, split.train)  # --fold K: fold K's queries are never read
     config = TrainingConfig(
         epochs=args.epochs, negatives=args.negatives, max_seq_length=args.max_seq_length,
         batch_groups=args.batch_groups, learning_rate=args.lr, seed=args.seed,
     )  # fmt: skip
     summary = train_reranker(dataset, info, embedder, Path(args.out), config, err=err)
-    summary = {"dataset": dataset.name, "split": args.split, "half": args.half, **summary}
+    summary = {
+        "dataset": dataset.name, "split": args.split, "half": args.half,
+        "folds": args.folds, "fold": fold, "cv_seed": args.cv_seed,
+        "held_out_queries": len(split.held_out), **summary,
+    }  # fmt: skip
     out.print(json.dumps(summary), soft_wrap=True, markup=False, highlight=False)
     return 0

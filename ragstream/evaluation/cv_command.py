@@ -341,6 +341,12 @@ def reranker_training_queries(dataset: Dataset, args: argparse.Namespace) -> set
     """The queries `ragstream train-reranker` with these selection flags trained on."""
     if args.reranker_train_all:
         return set(dataset.queries)
+    if args.reranker_train_fold is not None:
+        from ragstream.evaluation.embedder_training import training_split
+
+        ids = list(dataset.queries)
+        return set(training_split(ids, folds=args.folds, fold=args.reranker_train_fold,
+                                  seed=args.cv_seed).train)  # fmt: skip
     if (
         args.reranker_train_max_docs is None
         and args.reranker_train_max_queries is None
