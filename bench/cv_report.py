@@ -221,6 +221,8 @@ z-score or 1/(60 + rank)) over its top-`candidates` docs.
 
 
 FINDINGS = "## Findings"
+HAND_WRITTEN_AFTER = "## Fine-tuning the embedder"
+"""Sections from this heading on are written by hand too, and kept at the end."""
 
 
 def kept_findings(path: Path) -> str:
@@ -235,6 +237,12 @@ def kept_findings(path: Path) -> str:
     return (rest if end < 0 else rest[:end]).strip()
 
 
+def kept_tail(path: Path) -> str:
+    """The hand-written sections at the end of an existing report (from `HAND_WRITTEN_AFTER`)."""
+    text = path.read_text() if path.is_file() else ""
+    return text[text.index(HAND_WRITTEN_AFTER) :].strip() if HAND_WRITTEN_AFTER in text else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path)
@@ -245,8 +253,11 @@ def main() -> None:
     if findings:
         lines += [findings, ""]
     lines += ["## Commands", "", COMMANDS]
+    tail = kept_tail(args.out)
     for path in args.results:
         lines += section(json.loads(path.read_text()))
+    if tail:
+        lines += ["", tail]
     args.out.write_text("\n".join(lines).rstrip() + "\n")
 
 
