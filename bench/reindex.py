@@ -51,9 +51,16 @@ class Probes:
         self.failures: list[str] = []
         self.stop = asyncio.Event()  # a cancel inside redis-py's blocking read can be swallowed
         self._replies: dict[str, asyncio.Future[Retrieved]] = {}
+        self._cursor: bytes | str = "$"
+
+    async def start(self) -> list[asyncio.Task[None]]:
+        """Read replies from the stream's current end (taken before the first query: a `$`
+        cursor would miss replies published before the reader's first XREAD), and ask."""
+        self._cursor = await wire.last_entry_id(self.redis, self.streams.retrieved)
+        return [asyncio.create_task(self.read_replies()), asyncio.create_task(self.ask_forever())]
 
     async def read_replies(self) -> None:
-        last: bytes | str = "$"
+        last = self._cursor
         while not self.stop.is_set():
             found = await self.redis.xread({self.streams.retrieved: last}, block=200, count=100)
             for _, entries in wire.read_entries(found):
@@ -141,10 +148,7 @@ async def run(args: argparse.Namespace, url: str, store: StoreSettings) -> dict[
     try:
         bulk = await publish_and_wait(redis, docs, streams=streams, timeout_s=args.timeout)
         load = Probes(redis, streams, probes)
-        tasks = [
-            asyncio.create_task(load.read_replies()),
-            asyncio.create_task(load.ask_forever()),
-        ]
+        tasks = await load.start()
         updating = asyncio.create_task(update_forever(redis, streams, docs, load.stop))
         await asyncio.sleep(args.settle)
         load.phase = "building"

@@ -46,28 +46,46 @@ class IndexPool:
         self.store_settings, self.embedding_settings = store_settings, embedding_settings
         self._embedders: dict[str, Embedder] = {_model_key(embedding_settings): embedder}
         self._stores: dict[str, Store] = {store_settings.table: store}
-        self._lock = asyncio.Lock()
+        self._loading: dict[str, asyncio.Future[Embedder]] = {}
         self._maintenance = asyncio.Lock()
+        self._warming: dict[str, asyncio.Task[Index]] = {}
         """Held by prune, optimize and drop: none of them runs on an index being dropped."""
 
     async def registry(self) -> Registry:
         return await generations.read(self.redis, self.indexed_stream, self.store_settings.table)
 
     async def index(self, generation: Generation) -> Index:
-        async with self._lock:
-            settings = generation.embedding(self.embedding_settings)
-            model = _model_key(settings)
-            if model not in self._embedders:
+        """The generation's index; its model is loaded once, in a worker thread, while other
+        generations' indexes keep being served."""
+        settings = generation.embedding(self.embedding_settings)
+        model = _model_key(settings)
+        if model not in self._embedders:
+            loading = self._loading.get(model)
+            if loading is None:
                 log.info("loading model", table=generation.table, model=settings.model)
-                self._embedders[model] = await asyncio.to_thread(load_embedder, settings)
-            embedder = self._embedders[model]
-            if generation.table not in self._stores:
-                table = self.store_settings.model_copy(update={"table": generation.table})
-                self._stores[generation.table] = open_store(table, dim=embedder.dim)
-            return Index(generation, embedder, self._stores[generation.table])
+                loading = asyncio.ensure_future(asyncio.to_thread(load_embedder, settings))
+                self._loading[model] = loading
+            try:
+                self._embedders[model] = await asyncio.shield(loading)
+            finally:
+                if loading.done():
+                    self._loading.pop(model, None)
+        embedder = self._embedders[model]
+        if generation.table not in self._stores:
+            table = self.store_settings.model_copy(update={"table": generation.table})
+            self._stores[generation.table] = open_store(table, dim=embedder.dim)
+        return Index(generation, embedder, self._stores[generation.table])
 
     async def serving(self) -> Index:
-        return await self.index((await self.registry()).serving)
+        """The serving generation's index. A generation being built gets its model loaded in
+        the background meanwhile, so a reader serves it without a pause after `switch`."""
+        registry = await self.registry()
+        building = registry.building
+        if building is not None and building.table not in self._warming:
+            warming = asyncio.create_task(self.index(building))
+            warming.add_done_callback(_log_failure)
+            self._warming[building.table] = warming
+        return await self.index(registry.serving)
 
     async def written(self) -> list[Index]:
         """The indexes writers keep up to date, the serving one first."""
@@ -94,8 +112,7 @@ class IndexPool:
         async with self._maintenance:
             for generation in gone:
                 index = await self.index(generation)
-                async with self._lock:
-                    self._stores.pop(generation.table, None)
+                self._stores.pop(generation.table, None)
                 await index.store.drop()
                 await index.store.close()
                 log.info("dropped generation", table=generation.table)
@@ -115,6 +132,11 @@ class IndexPool:
     async def close(self) -> None:
         for store in self._stores.values():
             await store.close()
+
+
+def _log_failure(task: "asyncio.Task[Index]") -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("loading a generation's model failed", error=str(exc))
 
 
 def _model_key(settings: EmbeddingSettings) -> str:

@@ -92,10 +92,7 @@ async def test_reindex_and_switch_under_live_updates(setup: Setup) -> None:
         assert report.indexed == DOCS
         load = Probes(redis, streams, [(f"report on subject {token(i)}", f"doc-{i}")
                                        for i in range(DOCS)])  # fmt: skip
-        background = [
-            asyncio.create_task(load.read_replies()),
-            asyncio.create_task(load.ask_forever()),
-        ]
+        background = await load.start()
         updating = asyncio.create_task(update_forever(redis, streams, docs, load.stop))
         try:
             await asyncio.sleep(1)
