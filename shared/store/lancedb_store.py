@@ -15,8 +15,9 @@ machines, use the Weaviate store.
 """
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -35,6 +36,7 @@ from shared.store.records import (
     DocState,
     DocWrite,
     SearchRequest,
+    Served,
     UpsertDoc,
     Vector,
     WriteOutcome,
@@ -382,12 +384,23 @@ class LanceDBStore(VersionedStore):
         """See `VersionedStore.apply`. An I/O failure (directory gone, disk full, read-only) is
         a `TransientError`: the batch is retried later and a replay heals whatever step it
         stopped at."""
-        try:
+        with _io_errors_transient():
             return await super().apply(writes, fences=fences, prune=prune)
-        except (OSError, RuntimeError) as exc:
-            if not _is_io_error(exc):
-                raise
-            raise TransientError(f"LanceDB I/O error ({type(exc).__name__})") from exc
+
+    async def served(self, doc_ids: Collection[str]) -> Served:
+        """See `VersionedStore.served`; an I/O failure is a `TransientError`, as in `apply`."""
+        with _io_errors_transient():
+            return await super().served(doc_ids)
+
+
+@contextlib.contextmanager
+def _io_errors_transient() -> Iterator[None]:
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if not _is_io_error(exc):
+            raise
+        raise TransientError(f"LanceDB I/O error ({type(exc).__name__})") from exc
 
 
 def _ref(row: Mapping[str, Any]) -> ChunkRecord:
