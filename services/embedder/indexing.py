@@ -175,10 +175,10 @@ async def index_batch(
     metrics.chunk_vectors.labels("embedded").inc(n_embedded)
     metrics.chunk_vectors.labels("reused").inc(sum(map(_rows_of, writes)) - n_embedded)
 
-    # The prune is left to the stage's timer (`Store.prune`): off the ack path, one per many
-    # batches; readers never see the rows it removes anyway.
     for generation in also:
         await write_to(generation, writes)
+    # The prune is left to the stage's timer (`Store.prune`): off the ack path, one per many
+    # batches; readers never see the rows it removes anyway.
     results = await store.apply(writes, fences=served.fences, prune=False)
     indexed_at = utcnow()
     outcomes: list[Outcome] = []
