@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from shared import generations
 from shared.contracts.base import utcnow
 from shared.embedding import Embedder, load_embedder
+from shared.errors import REDIS_DOWN
 from shared.generations import Generation, Registry
 from shared.settings import EmbeddingSettings, StoreSettings
 from shared.store.base import Store
@@ -95,7 +96,10 @@ class IndexPool:
         """Forget the retired generations past `grace` in the registry, then, `settle_s` later
         (batches that read the registry before may still be writing to them), drop their
         indexes. The writer's timer; with several writers, the first to forget them drops."""
-        registry = await self.registry()
+        try:
+            registry = await self.registry()
+        except REDIS_DOWN:
+            return  # Redis restarting: the next check drops them
         gone = generations.expired(registry, utcnow(), grace)
         if not gone:
             return
