@@ -8,9 +8,11 @@ its tables is typed by hand).
 import argparse
 import json
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from bench.evaluation_report import table
 
 Result = Mapping[str, Any]
 
@@ -37,20 +39,6 @@ dense and BM25 chunk lists (300 deep) and the cross-encoder scores are cached be
 (`cv-lists-300.json`, `cv-rerank-*.json`), so a rerun only re-scores the grid (about a minute
 for SciFact).
 """
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    return [*lines, ""]
 
 
 def pm(row: Mapping[str, Any]) -> str:
