@@ -90,4 +90,7 @@ def test_stream_memory_bench() -> None:
         figures = result[kind]
         assert isinstance(figures, dict)
         assert figures["entries"] == 50
-        assert figures["used_memory_bytes_per_pending_entry"] > figures["payload_bytes_median"]
+        # MEMORY USAGE of the stream holds every payload; INFO used_memory's growth over 50
+        # entries also moves with the allocator, so only its sign is certain
+        assert figures["memory_usage_bytes_per_entry"] > figures["payload_bytes_median"]
+        assert figures["used_memory_bytes_per_pending_entry"] > 0
