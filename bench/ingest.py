@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from bench.index import bench_store
@@ -130,9 +132,6 @@ async def _chunks(redis: Redis, doc_id: str) -> int | None:
 
 def embedded_by_origin(port: int) -> dict[str, float]:
     """The embedder's `ragstream_chunk_vectors_total` by origin (embedded, reused)."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
     found = {"embedded": 0.0, "reused": 0.0}
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):

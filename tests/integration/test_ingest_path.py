@@ -5,11 +5,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from bench.ingest import embedded_by_origin
 from ragstream.allinone import Pipeline, running
 from ragstream.ingest import publish_and_wait
 from ragstream.redis_server import RedisServer
@@ -233,15 +232,7 @@ async def test_bad_input_is_dead_lettered_and_good_doc_flows(
 
 async def embedded_vectors(path: IngestPath) -> dict[str, float]:
     """The embedder's `ragstream_chunk_vectors_total` by origin, read off its /metrics."""
-    port = path.pipeline.http_ports["embedder"]
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-    found = {"embedded": 0.0, "reused": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "ragstream_chunk_vectors_total":
-                found[sample.labels["origin"]] = sample.value
-    return found
+    return embedded_by_origin(path.pipeline.http_ports["embedder"])
 
 
 async def test_resent_unchanged_doc_moves_its_version_without_embedding(
