@@ -121,10 +121,15 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def store_settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> StoreSettings:
-    """Settings of a fresh, empty index of `backend` (its own table or collection)."""
+    return fresh_index(backend, tmp_path, request)
+
+
+def fresh_index(backend: str, data_dir: Path, request: pytest.FixtureRequest) -> StoreSettings:
+    """Settings of a fresh, empty index of `backend` (its own table or collection; a LanceDB
+    one under `data_dir`)."""
     table = f"t{uuid.uuid4().hex[:12]}"
     if backend == "lancedb":
-        return StoreSettings(backend="lancedb", lancedb_path=tmp_path / "index", table=table)
+        return StoreSettings(backend="lancedb", lancedb_path=data_dir / "index", table=table)
     server: WeaviateServer = request.getfixturevalue("weaviate_server")
     return StoreSettings(
         backend="weaviate",

@@ -3,7 +3,6 @@ process while live updates flow and the real retriever answers queries; `switch`
 retriever to it; the old one is dropped after the grace. On LanceDB and on a real Weaviate."""
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,13 +14,12 @@ from ragstream import reindex
 from ragstream.allinone import Pipeline, running
 from ragstream.ingest import publish_and_wait
 from ragstream.redis_server import RedisServer
-from ragstream.weaviate_server import WeaviateServer
 from shared import generations
 from shared.contracts import DocUpsert
 from shared.embedding import default_model_path
 from shared.settings import EmbeddingSettings, StoreSettings, StreamSettings, store_env
 from shared.store.weaviate_store import WeaviateIndex, collection_name
-from tests.conftest import BACKENDS, stream_env, unique_streams
+from tests.conftest import BACKENDS, fresh_index, stream_env, unique_streams
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DOCS = 40
@@ -43,14 +41,7 @@ def setup(
 ) -> Iterator[Setup]:
     streams = unique_streams()
     data_dir = tmp_path_factory.mktemp("generations")
-    if request.param == "weaviate":
-        server: WeaviateServer = request.getfixturevalue("weaviate_server")
-        store = StoreSettings(
-            backend="weaviate", weaviate_url=server.url, weaviate_grpc_port=server.ports.grpc,
-            table=f"Gen{uuid.uuid4().hex[:8]}",
-        )  # fmt: skip
-    else:
-        store = StoreSettings(backend="lancedb", lancedb_path=data_dir / "index")
+    store = fresh_index(request.param, data_dir, request)
     env = {
         **stream_env(streams),
         **store_env(store),

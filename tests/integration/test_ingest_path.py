@@ -1,7 +1,6 @@
 """The ingest path end to end: real chunker and embedder processes, a real Redis, a real index."""
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -12,14 +11,13 @@ from bench.ingest import embedded_by_origin
 from ragstream.allinone import Pipeline, running
 from ragstream.ingest import publish_and_wait
 from ragstream.redis_server import RedisServer
-from ragstream.weaviate_server import WeaviateServer
 from shared import wire
 from shared.contracts import DeadLetter, DocDelete, DocUpsert
 from shared.settings import StoreSettings, StreamSettings, store_env
 from shared.store.base import Store
 from shared.store.factory import open_store
 from shared.store.records import SearchRequest
-from tests.conftest import BACKENDS, stream_env, unique_streams
+from tests.conftest import BACKENDS, fresh_index, stream_env, unique_streams
 
 pytestmark = pytest.mark.integration
 STAGES = ("chunker", "embedder")
@@ -42,16 +40,7 @@ def ingest_path(
     """Chunker and embedder processes writing to LanceDB, then to a real Weaviate."""
     streams = unique_streams()
     data_dir = tmp_path_factory.mktemp("ingest")
-    if request.param == "weaviate":
-        server: WeaviateServer = request.getfixturevalue("weaviate_server")
-        settings = StoreSettings(
-            backend="weaviate",
-            weaviate_url=server.url,
-            weaviate_grpc_port=server.ports.grpc,
-            table=f"Ingest{uuid.uuid4().hex[:8]}",
-        )
-    else:
-        settings = StoreSettings(backend="lancedb", lancedb_path=data_dir / "index")
+    settings = fresh_index(request.param, data_dir, request)
     env = {
         **stream_env(streams),
         **store_env(settings),
