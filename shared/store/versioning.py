@@ -291,53 +291,40 @@ class VersionedStore:
     async def hybrid_search(self, request: SearchRequest) -> list[Hit]:
         """Read the lists, keep the rows of each doc's fenced version, fuse (unless the index
         fused them). ``Hit.score`` is the fused score in hybrid mode, the cosine similarity in
-        dense mode and the BM25 score in bm25 mode."""
+        dense mode and the BM25 score in bm25 mode.
+
+        The fence read and the read of the full rows overlap: while the fences load, the rows
+        that rank best before fencing are completed. Fencing drops at most the rows of docs
+        that moved on, so those are nearly always the rows kept; any kept row they miss is
+        completed after."""
         check_filters(request.filters)
         wants_dense = request.mode in ("dense", "hybrid")
         if wants_dense and (request.vector is None or request.vector.shape != (self.dim,)):
             raise ValueError(f"mode {request.mode!r} needs a query vector of dim {self.dim}")
-        found, fences = await self._snapshot(request)
-
-        def served(rows: Scored) -> Scored:
-            return [
-                (row, score) for row, score in rows
-                if (f := fences.get(row.doc_id)) is not None
-                and not f.deleted and f.version == row.version
-            ]  # fmt: skip
-
-        if found.fused is not None:
-            dense = {r.chunk_id: s for r, s in found.dense}
-            bm25 = {r.chunk_id: s for r, s in found.bm25}
-            kept = served(found.fused)[: request.k]
-            score = {row.chunk_id: value for row, value in kept}
-            return [
-                Hit(row, score[row.chunk_id], dense.get(row.chunk_id), bm25.get(row.chunk_id))
-                for row in await self.index.complete([row for row, _ in kept])
-            ]
-        dense_rows, bm25_rows = served(found.dense), served(found.bm25)
-        by_id = {row.chunk_id: row for row, _ in (*dense_rows, *bm25_rows)}
-        alpha = {"dense": 1.0, "bm25": 0.0}.get(request.mode, request.alpha)
-        fused = fuse(
-            [(r.chunk_id, s) for r, s in dense_rows],
-            [(r.chunk_id, s) for r, s in bm25_rows],
-            method=request.fusion,
-            alpha=alpha,
-        )[: request.k]
-        raw = {"dense": "dense", "bm25": "bm25"}.get(request.mode)
-        completed = await self.index.complete([by_id[f.id] for f in fused])
-        rows = {row.chunk_id: row for row in completed}
+        started = time.monotonic()
+        found = await self.index.candidates(request)
+        likely = _ranked(request, found, None)[: 2 * request.k]
+        fences, early = await asyncio.gather(
+            self.fences(_docs_of(found)), self.index.complete([h.chunk for h in likely])
+        )
+        found, fences = await self._settled(request, started, found, fences)
+        kept = _ranked(request, found, fences)[: request.k]
+        rows = {row.row_id: row for row in early}
+        if missing := [h.chunk for h in kept if h.chunk.row_id not in rows]:
+            rows.update((row.row_id, row) for row in await self.index.complete(missing))
         return [
-            Hit(
-                chunk=rows[f.id],
-                score=f.score if raw is None else float(getattr(f, raw)),
-                dense_score=f.dense,
-                bm25_score=f.bm25,
-            )
-            for f in fused
-            if f.id in rows
+            Hit(rows[h.chunk.row_id], h.score, h.dense_score, h.bm25_score)
+            for h in kept
+            if h.chunk.row_id in rows
         ]
 
-    async def _snapshot(self, request: SearchRequest) -> tuple[Candidates, dict[str, DocState]]:
+    async def _settled(
+        self,
+        request: SearchRequest,
+        started: float,
+        found: Candidates,
+        fences: dict[str, DocState],
+    ) -> tuple[Candidates, dict[str, DocState]]:
         """The candidate lists and the fences that say which of their rows to serve.
 
         On an index whose row inserts are atomic (`settle_s == 0`), lists then fences. Where
@@ -348,9 +335,6 @@ class VersionedStore:
         their rows were all visible before the first fence read and none was pruned before the
         second.
         """
-        started = time.monotonic()
-        found = await self.index.candidates(request)
-        fences = await self.fences(_docs_of(found))
         settle = self.index.settle_s
         if not settle or time.monotonic() - started < settle:
             return found, fences
@@ -406,3 +390,41 @@ def _docs_of(found: Candidates) -> set[str]:
 
 def _newer(version: int, fence: DocState | None) -> bool:
     return fence is None or version > fence.version
+
+
+def _ranked(
+    request: SearchRequest, found: Candidates, fences: Mapping[str, DocState] | None
+) -> list[Hit]:
+    """The candidates best first, as hits whose rows hold only their identity; with `fences`,
+    only rows of each doc's fenced version (without, every row: a guess at what is kept)."""
+
+    def served(rows: Scored) -> Scored:
+        if fences is None:
+            return list(rows)
+        return [
+            (row, score) for row, score in rows
+            if (f := fences.get(row.doc_id)) is not None
+            and not f.deleted and f.version == row.version
+        ]  # fmt: skip
+
+    if found.fused is not None:
+        dense = {r.row_id: s for r, s in found.dense}
+        bm25 = {r.row_id: s for r, s in found.bm25}
+        return [
+            Hit(row, score, dense.get(row.row_id), bm25.get(row.row_id))
+            for row, score in served(found.fused)
+        ]
+    dense_rows, bm25_rows = served(found.dense), served(found.bm25)
+    by_id = {row.row_id: row for row, _ in (*dense_rows, *bm25_rows)}
+    alpha = {"dense": 1.0, "bm25": 0.0}.get(request.mode, request.alpha)
+    fused = fuse(
+        [(r.row_id, s) for r, s in dense_rows],
+        [(r.row_id, s) for r, s in bm25_rows],
+        method=request.fusion,
+        alpha=alpha,
+    )
+    raw = {"dense": "dense", "bm25": "bm25"}.get(request.mode)
+    return [
+        Hit(by_id[f.id], f.score if raw is None else float(getattr(f, raw)), f.dense, f.bm25)
+        for f in fused
+    ]

@@ -71,13 +71,13 @@ def test_scale_bench() -> None:
     result = run_bench(
         "bench.scale", "--corpus", str(SCIFACT / "corpus.jsonl"),
         "--queries", str(SCIFACT / "queries-train.jsonl"), "--chunks", "3000", "--n", "10",
-        "--source-docs", "30", "--batch-docs", "100", "--optimize-every", "5",
+        "--warmup", "5", "--source-docs", "30", "--batch-docs", "100", "--optimize-every", "5",
     )  # fmt: skip
     assert result["chunks"] == 3000
     indices = result["indices"]
     assert isinstance(indices, dict)
     assert indices["vector_ann_3000"] == "IvfPq"  # built past --ann-min-rows (default: --chunks)
-    assert result["queries"] == 10
+    assert result["queries"] == 10 and result["warmup_queries"] == 5
     assert float(result["recall_at_10"]) >= 0.9
     assert int(result["disk_bytes_per_million_chunks"]) > 0
 

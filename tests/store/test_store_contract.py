@@ -154,6 +154,22 @@ async def test_a_deferred_prune_changes_what_is_stored_not_what_is_served(
     await store.prune()  # nothing left: a no-op
 
 
+async def test_kept_rows_are_complete_when_stale_rows_rank_first(store: VersionedStore) -> None:
+    """A search completes the best-ranked rows while it reads the fences; here all of those
+    are of an unpruned old version, so every row it keeps is completed after the fence read."""
+    await store.apply([upsert("a", 1, [f"apple apple apple pie {i}" for i in range(6)])])
+    await store.apply(
+        [upsert("a", 2, ["plain bread"]), upsert("b", 1, ["apple tart"])], prune=False
+    )
+
+    hits = await store.hybrid_search(bm25("apple", k=2))
+
+    assert [(h.chunk.doc_id, h.chunk.text, h.chunk.version) for h in hits] == [
+        ("b", "apple tart", 1)
+    ]
+    assert hits[0].chunk.title == "Title of b" and hits[0].chunk.section_path == ("Intro", "Part 0")
+
+
 async def test_fences_read_before_a_newer_write_cannot_bring_an_old_version_back(
     store: VersionedStore,
 ) -> None:
@@ -275,6 +291,7 @@ async def readers_see_whole_versions(
     """A writer moves one doc through 20 versions that share chunks; readers (another store
     instance) see, each time, all chunks of exactly one version (or, in the one-read window
     the versioning module describes, none: at least `min_served` of the reads see one)."""
+
     def texts(v: int) -> list[str]:
         stable = [f"stable part {i}" for i in range(chunks - 2 + v % 2)]
         return [*stable, f"rotating part {v % 3}"]
