@@ -208,7 +208,11 @@ class EmbeddingSettings(BaseSettings):
         description="onnx: `fp32` (`model.onnx`) or `int8` (`model-int8.onnx`, dynamically "
         "quantised weights, written by `export-onnx --int8`).",
     )
-    batch_size: int = Field(default=64, description="Encode batch size.")
+    batch_size: int = Field(
+        default=64,
+        description="Encode batch size (torch and ONNX fp32; ONNX int8 encodes one text at a "
+        "time, so that a text's vector does not depend on the texts beside it).",
+    )
     max_seq_length: int = Field(default=256, description="Token limit of one encoded text.")
     device: str = Field(default="cpu", description="torch device (onnx: always the CPU).")
     threads: int | None = Field(

@@ -75,6 +75,8 @@ def cache_key(dataset: Dataset, chunker: ChunkerSettings, embedding: EmbeddingSe
         parts["backend"] = f"{embedding.backend}-{embedding.onnx_precision}"
         if embedding.onnx_path is not None:
             parts["onnx_path"] = str(embedding.onnx_path)
+        if embedding.onnx_precision == "int8":  # since int8 runs one text at a time
+            parts["int8_runs"] = "one text"
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -117,6 +117,17 @@ def test_int8_stays_close_to_sentence_transformers(
 
 
 @pytest.mark.slow
+def test_an_int8_vector_does_not_depend_on_the_texts_beside_it(export_dir: Path) -> None:
+    """Dynamic quantisation scales activations by the whole run's input: batched, a text's
+    int8 vector moved with its batchmates. Whatever the batch size asked for, it must not."""
+    alone = np.stack([OnnxEmbedder(export_dir, precision="int8").encode([t])[0] for t in TEXTS])
+    for batch_size in (3, 64):
+        embedder = OnnxEmbedder(export_dir, precision="int8", batch_size=batch_size)
+        np.testing.assert_array_equal(embedder.encode(TEXTS), alone)
+        np.testing.assert_array_equal(embedder.encode(TEXTS[::-1]), alone[::-1])
+
+
+@pytest.mark.slow
 def test_order_is_restored_after_length_sorting(export_dir: Path, fp32: OnnxEmbedder) -> None:
     small_batches = OnnxEmbedder(export_dir, precision="fp32", batch_size=3)
     batched = small_batches.encode(TEXTS)
