@@ -11,7 +11,12 @@ class EmbedderSettings(StageSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_EMBEDDER_", extra="ignore")
 
     batch_size: int = Field(
-        default=64, ge=1, description="Max chunk events embedded and written together."
+        default=256,
+        ge=1,
+        description="Max chunk events embedded and written together. Each index write costs "
+        "about the same whatever its size, so a backlog drains faster in bigger batches (a "
+        "re-sync of unchanged docs twice as fast at 256 as at 64); a lone update is written "
+        "at once either way.",
     )
     prune_interval_s: float = Field(
         default=0.2,
