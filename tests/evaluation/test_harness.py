@@ -19,7 +19,6 @@ from ragstream.evaluation.indexing import IndexInfo, ensure_index
 from ragstream.evaluation.runner import mode_config
 from ragstream.redis_server import RedisServer
 from ragstream.weaviate_server import WeaviateServer
-from shared.settings import EmbeddingSettings
 
 pytestmark = pytest.mark.slow
 NDCG_FLOOR = 0.6
