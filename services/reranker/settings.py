@@ -119,7 +119,10 @@ class RerankerSettings(StageSettings):
         "runtime's.",
     )
     predict_batch_size: int = Field(
-        default=32, ge=1, description="cross-encoder: (query, passage) pairs scored per batch."
+        default=32,
+        ge=1,
+        description="cross-encoder: (query, passage) pairs scored per batch (torch and ONNX "
+        "fp32; ONNX int8 scores one pair at a time, so a score does not depend on the others).",
     )
     chunk_pairs: int = Field(
         default=8,

@@ -100,6 +100,14 @@ def test_int8_stays_close(export_dir: Path, reference: np.ndarray) -> None:
 
 
 @pytest.mark.slow
+def test_an_int8_score_does_not_depend_on_the_other_pairs(export_dir: Path) -> None:
+    model = OnnxCrossEncoder(export_dir, precision="int8")
+    alone = np.array([model.predict([pair])[0] for pair in PAIRS])
+    np.testing.assert_array_equal(model.predict(PAIRS, batch_size=4), alone)
+    np.testing.assert_array_equal(model.predict(PAIRS[:3], batch_size=32), alone[:3])
+
+
+@pytest.mark.slow
 def test_order_is_restored_and_empty_input(export_dir: Path) -> None:
     model = OnnxCrossEncoder(export_dir)
     batched = model.predict(PAIRS, batch_size=3)
