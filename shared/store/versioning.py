@@ -40,7 +40,7 @@ only starts once a newer marker is visible, so a reader that still sees the old 
 the old rows. Where a batch of rows becomes visible at once (LanceDB commits), a reader that sees
 the new fence saw all the new rows too. Where it does not (Weaviate inserts object by object), a
 version's marker is inserted `settle_s` after its rows, and a read that took longer than that
-is redone and keeps only the docs whose fence did not move (`VersionedStore._snapshot`). If a
+is redone and keeps only the docs whose fence did not move (`VersionedStore._settled`). If a
 doc's new marker lands between the two reads of an answer, that doc can be missing from that
 one answer — never shown half-updated.
 """
@@ -90,7 +90,7 @@ class VersionedIndex(Protocol):
     dim: int
     settle_s: float
     """0 where a batch of rows becomes visible at once (LanceDB commits); else how long after
-    its rows a version's fence is inserted (see `VersionedStore._snapshot`)."""
+    its rows a version's fence is inserted (see `VersionedStore._settled`)."""
 
     async def open(self) -> None:
         """Create or open the collections (idempotent, safe across processes)."""
@@ -253,7 +253,7 @@ class VersionedStore:
         rows = [w for w in new if isinstance(w, UpsertDoc) and w.chunks]
         if rows:
             await self.index.insert_rows(rows)
-            if self.index.settle_s:  # see `_snapshot`: readers must not catch rows half-visible
+            if self.index.settle_s:  # see `_settled`: readers must not catch rows half-visible
                 await asyncio.sleep(self.index.settle_s)
         if new:
             await self.index.insert_fences(
