@@ -5,12 +5,8 @@ Pairs are tokenised as transformers does (``[CLS] query [SEP] passage [SEP]``, t
 truncated first to `max_seq_length`), scored longest first in batches padded to their own
 longest pair, and the logits go through the activation `predict` applies (sigmoid for a
 one-label model, as recorded at export). The reranker wraps this in
-`services.reranker.cross_encoder.CrossEncoderReranker`.
-
-int8 scores one pair per run, whatever batch size is asked for: dynamic quantisation scales
-activations by the whole run's input, so batched, a pair's score moved with the other passages
-of the query (up to 0.02 on SciFact pairs), and a passage could rank differently at another
-rerank depth. Alone, ten pairs scored in 145 ms against 163 ms as one batch (no padding).
+`services.reranker.cross_encoder.CrossEncoderReranker`. int8 scores one pair per run
+(`inputs_per_run`), so a pair's score does not depend on the other passages of its query.
 """
 
 from pathlib import Path
@@ -21,6 +17,7 @@ from shared.onnx_models import (
     MODEL_FILES,
     Precision,
     first_output,
+    inputs_per_run,
     load_tokenizer,
     open_session,
     read_manifest,
@@ -65,8 +62,8 @@ class OnnxCrossEncoder:
         if not inputs:
             return np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), np.float32)
         encodings = self.tokenizer.encode_batch(list(inputs))
-        alone = self.precision == "int8"  # see the module's doc
-        logits = run_sorted(encodings, 1 if alone else batch_size, self._logits)
+        per_run = inputs_per_run(self.precision, batch_size)
+        logits = run_sorted(encodings, per_run, self._logits)
         if self.activation == "sigmoid":
             logits = 1.0 / (1.0 + np.exp(-logits))
         return logits[:, 0] if self.num_labels == 1 else logits

@@ -4,14 +4,8 @@ What `SentenceTransformer.encode` does, in numpy around an exported transformer:
 tokenizer from ``tokenizer.json`` (truncated to `max_seq_length`), the transformer's token
 embeddings from an ONNX Runtime session, pooling as ``1_Pooling/config.json`` says (mean over
 the attention mask for MiniLM), then L2 normalisation. Texts are encoded longest first in
-batches padded to their own longest text, and returned in input order.
-
-int8 is dynamically quantised: each run scales its activations by the range of the whole input
-tensor, padding included, so a text encoded beside others would get a vector that depends on
-them (cosine 0.991–0.996 to its vector alone, on SciFact abstracts), and two indexes of the same
-texts batched differently would rank near-ties differently. So int8 runs one text at a time: its
-vector is a function of the text alone, and on CPU that costs nothing, as there is no padding
-(400 SciFact abstracts on these 2 cores: 8.2 s one at a time, 9.2 s in batches of 64).
+batches padded to their own longest text, and returned in input order; int8 encodes one text
+per run (`inputs_per_run`), so a text's vector does not depend on the texts beside it.
 """
 
 import json
@@ -25,6 +19,7 @@ from shared.onnx_models import (
     Precision,
     default_export_dir,
     first_output,
+    inputs_per_run,
     load_tokenizer,
     open_session,
     read_manifest,
@@ -93,7 +88,7 @@ class OnnxEmbedder:
             raise ValueError(f"{directory}: the manifest has no embedding dimension")
         self.dim = manifest.dim
         self.name = f"onnx-{precision}:{manifest.source}"
-        self.batch_size = 1 if precision == "int8" else batch_size  # see the module's doc
+        self.batch_size = inputs_per_run(precision, batch_size)
         self.max_seq_length = max_seq_length or manifest.max_seq_length
         self.inputs = manifest.inputs
         self.pooling = pooling_mode(directory)
