@@ -40,9 +40,11 @@ only starts once a newer marker is visible, so a reader that still sees the old 
 the old rows. Where a batch of rows becomes visible at once (LanceDB commits), a reader that sees
 the new fence saw all the new rows too. Where it does not (Weaviate inserts object by object), a
 version's marker is inserted `settle_s` after its rows, and a read that took longer than that
-is redone and keeps only the docs whose fence did not move (`VersionedStore._settled`). If a
-doc's new marker lands between the two reads of an answer, that doc can be missing from that
-one answer — never shown half-updated.
+is redone and keeps only the docs whose fence did not move (`VersionedStore._settled`). A doc
+whose new marker lands between the list read and the fence read would be missing from the
+answer (its lists held only the old rows, its fence names the new ones), so such a read is
+redone too: the lists read again after that fence read hold the new rows. Only a doc that moves
+on again within the second read can be missing from an answer; none is ever shown half-updated.
 """
 
 import asyncio
@@ -330,16 +332,23 @@ class VersionedStore:
         On an index whose row inserts are atomic (`settle_s == 0`), lists then fences. Where
         they are not (Weaviate), rows of a new version can be half-visible to the list read; its
         fence becomes visible `settle_s` after its rows (see `apply`), so a read whose lists and
-        fences took less than that cannot have seen the fence while missing a row. A slower one
-        reads the lists and the fences again and keeps only docs whose fence did not move:
-        their rows were all visible before the first fence read and none was pruned before the
-        second.
+        fences took less than that cannot have seen the fence while missing a row.
+
+        The lists and fences are read again when the read was slower than that, or when a doc
+        moved on between the two reads (`_moved`). The second read started after the first
+        fence read, so it holds every row of the fences that read saw. If it was slow too, it
+        keeps only docs whose fence did not move since the first fence read: their rows were
+        all visible before the second list read and none was pruned before its fence read.
         """
         settle = self.index.settle_s
-        if not settle or time.monotonic() - started < settle:
+        slow = bool(settle) and time.monotonic() - started >= settle
+        if not slow and not _moved(found, fences):
             return found, fences
+        started = time.monotonic()
         found = await self.index.candidates(request)
         again = await self.fences(_docs_of(found))
+        if not settle or time.monotonic() - started < settle:
+            return found, again
         return found, {d: f for d, f in again.items() if fences.get(d) == f}
 
     async def current_version(self, doc_id: str) -> DocState | None:
@@ -386,6 +395,18 @@ async def _nothing() -> None:
 
 def _docs_of(found: Candidates) -> set[str]:
     return {row.doc_id for row, _ in (*found.dense, *found.bm25, *(found.fused or ()))}
+
+
+def _moved(found: Candidates, fences: Mapping[str, DocState]) -> bool:
+    """Whether a live doc's lists hold only rows older than its fence: its new marker landed
+    after the list read (or its new rows rank below the lists' depth: the re-read is wasted)."""
+    newest: dict[str, int] = {}
+    for row, _ in (*found.dense, *found.bm25, *(found.fused or ())):
+        newest[row.doc_id] = max(row.version, newest.get(row.doc_id, row.version))
+    return any(
+        (f := fences.get(doc_id)) is not None and not f.deleted and version < f.version
+        for doc_id, version in newest.items()
+    )
 
 
 def _newer(version: int, fence: DocState | None) -> bool:

@@ -7,7 +7,7 @@ import random
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +168,29 @@ async def test_kept_rows_are_complete_when_stale_rows_rank_first(store: Versione
         ("b", "apple tart", 1)
     ]
     assert hits[0].chunk.title == "Title of b" and hits[0].chunk.section_path == ("Intro", "Part 0")
+
+
+async def test_a_doc_that_moves_on_between_the_list_and_fence_reads_is_found(
+    store: VersionedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer commits (and prunes) v2 after the search read its lists and before it
+    read the fences: the lists hold v1's row, the fence names v2. The search reads again."""
+    await store.apply([upsert("a", 1, ["apple pie"]), upsert("b", 1, ["apple tart"])])
+    read_fences = store.index.read_fences
+
+    async def commit_first(doc_ids: Collection[str]) -> list[DocState]:
+        monkeypatch.setattr(store.index, "read_fences", read_fences)
+        await store.apply([upsert("a", 2, ["apple strudel"])])
+        return await read_fences(doc_ids)
+
+    monkeypatch.setattr(store.index, "read_fences", commit_first)
+    hits = await store.hybrid_search(bm25("apple", k=10))
+
+    assert read_fences == store.index.read_fences  # the write did land inside the search
+    assert sorted((h.chunk.doc_id, h.chunk.text, h.chunk.version) for h in hits) == [
+        ("a", "apple strudel", 2),
+        ("b", "apple tart", 1),
+    ]
 
 
 async def test_fences_read_before_a_newer_write_cannot_bring_an_old_version_back(
