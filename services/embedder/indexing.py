@@ -2,9 +2,10 @@
 
 Only what changed is embedded. Before embedding, the batch reads its docs' fences and served
 rows with their vectors (one concurrent read; the fences also save `apply` its first read). A
-`DocUnchanged` copies those rows under its new version; a `ChunkedDoc` takes the vector of every
-chunk whose embedding text the served version already has. The copied rows are written like any
-other, so the index's commit protocol holds as is.
+`DocUnchanged` advances the doc to its new version on the rows it has (`AdvanceDoc`: a fence
+marker, no rows written), carrying those rows in case the store must copy them after all; a
+`ChunkedDoc` takes the vector of every chunk whose embedding text the served version already
+has. Other generations (`also`) get the carried copy, embedded by their own model.
 """
 
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from shared.index_pool import Index
 from shared.stage import Outcome, Publication
 from shared.store.base import Store
 from shared.store.records import (
+    AdvanceDoc,
     ChunkRecord,
     DeleteDoc,
     DocWrite,
@@ -77,13 +79,15 @@ def _text(record: ChunkRecord) -> str:
     return embedding_text(record.title, record.section_path, record.text)
 
 
-def carried_forward(event: DocUnchanged, served: UpsertDoc | None) -> UpsertDoc | None:
-    """The served rows and vectors under the event's version, if the index still serves the
-    version the chunker found unchanged; None if it moved on (the doc must be chunked)."""
-    if served is None or served.version != event.indexed_version:
+def advanced(event: DocUnchanged, served: Served) -> AdvanceDoc | None:
+    """The doc at the event's version on the rows it is served with, if the index still serves
+    the version the chunker found unchanged; None if it moved on (the doc must be chunked)."""
+    doc, fence = served.docs.get(event.doc_id), served.fences.get(event.doc_id)
+    if doc is None or fence is None or doc.version != event.indexed_version:
         return None
-    chunks = [replace(c, version=event.version) for c in served.chunks]
-    return UpsertDoc(event.doc_id, event.version, chunks, served.vectors)
+    chunks = [replace(c, version=event.version) for c in doc.chunks]
+    carried = UpsertDoc(event.doc_id, event.version, chunks, doc.vectors)
+    return AdvanceDoc(event.doc_id, event.version, fence.rows, carried)
 
 
 def known_vectors(served: Mapping[str, UpsertDoc]) -> dict[str, Vector]:
@@ -109,7 +113,9 @@ async def embed_missing(
 
 async def write_to(index: Index, writes: Sequence[DocWrite]) -> int:
     """Apply `writes` to another generation's index, with that generation's model's vectors
-    (reusing those its served rows have for the same text). How many chunks it embedded."""
+    (reusing those its served rows have for the same text; an advance is written as the rows it
+    carries, since that index holds other rows). How many chunks it embedded."""
+    writes = [w.carried if isinstance(w, AdvanceDoc) else w for w in writes]
     upserts = [w for w in writes if isinstance(w, UpsertDoc)]
     served = await index.store.served([w.doc_id for w in upserts]) if upserts else Served({}, {})
     texts = [_text(c) for w in upserts for c in w.chunks]
@@ -159,11 +165,11 @@ async def index_batch(
         if isinstance(event, DocDelete):
             write = DeleteDoc(event.doc_id, event.version)
         elif isinstance(event, DocUnchanged):
-            carried = carried_forward(event, served.docs.get(event.doc_id))
-            if carried is None:
+            advance = advanced(event, served)
+            if advance is None:
                 resend[index] = event
                 continue
-            write = carried
+            write = advance
         else:
             n = len(records[index])
             write = UpsertDoc(
@@ -209,6 +215,8 @@ async def index_batch(
 
 
 def _rows_of(write: DocWrite) -> int:
+    if isinstance(write, AdvanceDoc):
+        return len(write.carried.chunks)
     return len(write.chunks) if isinstance(write, UpsertDoc) else 0
 
 

@@ -40,6 +40,7 @@ from shared.store.records import (
     UpsertDoc,
     Vector,
     WriteOutcome,
+    read_marker,
     split_filters,
 )
 from shared.store.versioning import Candidates, Scored, VersionedStore
@@ -63,6 +64,7 @@ FENCE_SCHEMA = pa.schema(
         pa.field("doc_id", pa.string(), nullable=False),
         pa.field("version", pa.int64(), nullable=False),
         pa.field("deleted", pa.bool_(), nullable=False),
+        pa.field("rows_version", pa.int64(), nullable=True),
     ]
 )
 
@@ -138,6 +140,7 @@ class LanceDBIndex:
                     f"{self.path}/{self.table} holds {vector}, not dim {self.dim}"
                 )
             fences = await _open_table(db, f"{self.table}_fences", FENCE_SCHEMA)
+            await _ensure_rows_version(fences)
             await _ensure_index(chunks, "search_text", _FTS)
             await _ensure_index(chunks, "row_id", BTree())
             await _ensure_index(chunks, "doc_id", BTree())
@@ -166,7 +169,7 @@ class LanceDBIndex:
         data = pa.Table.from_pylist(
             [
                 {"fence_id": f.marker_id, "doc_id": f.doc_id, "version": f.version,
-                 "deleted": f.deleted}
+                 "deleted": f.deleted, "rows_version": f.rows}
                 for f in fences
             ],
             schema=FENCE_SCHEMA,
@@ -176,19 +179,16 @@ class LanceDBIndex:
     async def prune_rows(self, fences: Sequence[DocState]) -> None:
         chunks, _ = await self._tables()
         rows = " OR ".join(
-            f"(doc_id = {_sql(f.doc_id)} AND version {'<=' if f.deleted else '<'} {f.version})"
+            f"(doc_id = {_sql(f.doc_id)} AND version <= {f.version})"
+            if f.deleted
+            else f"(doc_id = {_sql(f.doc_id)} AND version < {f.version} AND version != {f.rows})"
             for f in fences
         )
         await _delete(chunks, f"{_docs(fences)} AND ({rows})")
 
-    async def prune_markers(self, fences: Sequence[DocState]) -> None:
+    async def delete_markers(self, markers: Sequence[DocState]) -> None:
         _, table = await self._tables()
-        markers = " OR ".join(
-            f"(doc_id = {_sql(f.doc_id)} AND (version < {f.version}"
-            + (f" OR (version = {f.version} AND NOT deleted)))" if f.deleted else "))")
-            for f in fences
-        )
-        await _delete(table, f"{_docs(fences)} AND ({markers})")
+        await _delete(table, f"fence_id IN ({', '.join(_sql(m.marker_id) for m in markers)})")
 
     def _rows(self, docs: Sequence[UpsertDoc]) -> pa.Table:
         columns: dict[str, list[Any]] = {name: [] for name in chunk_schema(self.dim).names}
@@ -318,8 +318,9 @@ class LanceDBIndex:
     async def read_fences(self, doc_ids: Collection[str]) -> list[DocState]:
         _, table = await self._tables()
         where = f"doc_id IN ({', '.join(_sql(d) for d in doc_ids)})"
-        rows = await table.query().where(where).select(["doc_id", "version", "deleted"]).to_arrow()
-        return [DocState(r["doc_id"], r["version"], r["deleted"]) for r in rows.to_pylist()]
+        columns = ["doc_id", "version", "deleted", "rows_version"]
+        rows = await table.query().where(where).select(columns).to_arrow()
+        return [read_marker(*(r[c] for c in columns)) for r in rows.to_pylist()]
 
     async def export(self) -> list[UpsertDoc]:
         """Every doc version the table holds, with its rows' vectors (to copy an index)."""
@@ -462,6 +463,18 @@ async def _open_table(db: Any, name: str, schema: pa.Schema) -> Any:
         return await db.open_table(name)
     except ValueError:  # not found
         return await db.create_table(name, schema=schema, exist_ok=True)
+
+
+async def _ensure_rows_version(fences: Any) -> None:
+    """Add the advances' `rows_version` column to a fence table written before they existed
+    (each old marker serves its own version's rows)."""
+    if "rows_version" in (await fences.schema()).names:
+        return
+    try:
+        await fences.add_columns({"rows_version": "version"})
+    except (RuntimeError, ValueError) as exc:  # another process won the race
+        if "rows_version" not in str(exc):
+            raise
 
 
 async def _ensure_index(table: Any, column: str, config: Any) -> None:

@@ -53,7 +53,22 @@ class DeleteDoc:
     version: int
 
 
-DocWrite = UpsertDoc | DeleteDoc
+@dataclass(frozen=True, slots=True)
+class AdvanceDoc:
+    """Make `version` of `doc_id` the served one with the rows the index serves now, which are
+    those of `rows_version` (the doc did not change): one fence marker, no rows copied.
+
+    `carried` is the same doc as rows under `version` (the served rows and vectors): the store
+    writes it instead where the index no longer serves `rows_version`'s rows by the time the
+    marker is in (another version committed in between; see `VersionedStore.apply`)."""
+
+    doc_id: str
+    version: int
+    rows_version: int
+    carried: UpsertDoc
+
+
+DocWrite = UpsertDoc | DeleteDoc | AdvanceDoc
 
 
 class WriteOutcome(StrEnum):
@@ -67,11 +82,33 @@ class DocState:
     doc_id: str
     version: int
     deleted: bool
+    rows_version: int | None = None
+    """Set when `version` serves the rows of an older version (an `AdvanceDoc`)."""
+
+    @property
+    def rows(self) -> int:
+        """The version whose rows this version serves."""
+        return self.version if self.rows_version is None else self.rows_version
+
+    @property
+    def order(self) -> tuple[int, bool, int]:
+        """Markers of a doc rank by version; at one version a tombstone beats an upsert, and
+        rows of the version itself beat an advance naming older rows."""
+        return (self.version, self.deleted, self.rows)
 
     @property
     def marker_id(self) -> str:
-        """The key of this fence marker in the index (`~` marks a tombstone)."""
-        return f"{self.doc_id}@{self.version}{'~' if self.deleted else ''}"
+        """The key of this fence marker in the index (`~` marks a tombstone, `<N` an advance
+        serving version N's rows)."""
+        advance = "" if self.rows_version is None else f"<{self.rows_version}"
+        return f"{self.doc_id}@{self.version}{'~' if self.deleted else ''}{advance}"
+
+
+def read_marker(doc_id: str, version: int, deleted: bool, rows_version: int | None) -> DocState:
+    """A marker as an index stores it (markers written before advances existed, or by an
+    upsert, store no rows version or their own)."""
+    rows = None if rows_version is None or rows_version == version else rows_version
+    return DocState(doc_id, version, deleted, rows)
 
 
 @dataclass(frozen=True, slots=True)

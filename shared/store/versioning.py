@@ -28,6 +28,16 @@ version equals its doc's fence and the fence is not a tombstone. `apply` commits
    the read showed any, the markers below it (garbage only: they never decide anything, so
    leaving some behind is harmless and the doc's next write removes them).
 
+**An unchanged doc advances without copying rows.** An `AdvanceDoc` inserts only a marker
+``(doc_id, version, rows_version)``: the new version serves the rows of the version the index
+served when the writer read the fence. Readers and prunes go by the fence's rows
+(`DocState.rows`), and at one version an advance ranks below the version's own rows. An
+advance's rows can be pruned before its marker is in, by the writer of a version between them
+that read its fence before the advance's marker; such a writer's marker is in before the
+advance's writer re-reads the markers, so that re-read finds it and the advance then writes the
+rows it carries (`VersionedStore._secure`). Until then — a race of two versions of one doc
+committed out of order — that doc can be missing from answers.
+
 A crash between any two steps leaves the old version whole and served (step 2's rows are
 invisible without their marker; step 3's leftovers are invisible below the new fence); the
 redelivered event replays every step and heals it. No orphan survives convergence: a row ``r``
@@ -49,9 +59,8 @@ on again within the second read can be missing from an answer; none is ever show
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -59,6 +68,7 @@ import numpy as np
 from shared.errors import PermanentError
 from shared.store.fusion import fuse
 from shared.store.records import (
+    AdvanceDoc,
     ChunkRecord,
     DeleteDoc,
     DocState,
@@ -115,8 +125,9 @@ class VersionedIndex(Protocol):
         Never touches anything newer."""
         ...
 
-    async def prune_markers(self, fences: Sequence[DocState]) -> None:
-        """For each fence: delete its doc's markers below it (garbage: the greatest decides)."""
+    async def delete_markers(self, markers: Sequence[DocState]) -> None:
+        """Delete these markers, by key (each below its doc's fence: garbage, since the
+        greatest decides)."""
         ...
 
     async def candidates(self, request: SearchRequest) -> Candidates:
@@ -147,16 +158,20 @@ class VersionedIndex(Protocol):
 
 
 def fence_of(markers: Iterable[DocState]) -> dict[str, DocState]:
-    """The greatest marker of each doc, by ``(version, deleted)``."""
+    """The greatest marker of each doc, by `DocState.order`."""
     fences: dict[str, DocState] = {}
     for marker in markers:
         current = fences.get(marker.doc_id)
-        if current is None or (marker.version, marker.deleted) > (
-            current.version,
-            current.deleted,
-        ):
+        if current is None or marker.order > current.order:
             fences[marker.doc_id] = marker
     return fences
+
+
+def marker_of(write: DocWrite) -> DocState:
+    """The fence marker that commits `write`."""
+    if isinstance(write, AdvanceDoc):
+        return DocState(write.doc_id, write.version, False, write.rows_version)
+    return DocState(write.doc_id, write.version, isinstance(write, DeleteDoc))
 
 
 def plan(
@@ -165,13 +180,17 @@ def plan(
     """Outcome of each write, in order, and the last applied write of each doc (its winner).
 
     An upsert is stale below the fence or at/below a tombstone; a delete at/below the fence.
-    An equal-version upsert replay is APPLIED (and changes nothing).
+    An equal-version upsert replay is APPLIED (and changes nothing). An advance whose rows the
+    fence does not serve (the doc moved on since the caller read it) becomes its carried upsert.
     """
     current = dict(fences)
     outcomes: list[WriteOutcome] = []
     winners: dict[str, DocWrite] = {}
-    for write in writes:
-        fence = current.get(write.doc_id)
+    for given in writes:
+        fence = current.get(given.doc_id)
+        write: DocWrite = given
+        if isinstance(given, AdvanceDoc) and not _serves_rows_of(fence, given.rows_version):
+            write = given.carried
         deleting = isinstance(write, DeleteDoc)
         stale = fence is not None and (
             write.version < fence.version
@@ -179,7 +198,7 @@ def plan(
         )
         outcomes.append(WriteOutcome.STALE if stale else WriteOutcome.APPLIED)
         if not stale:
-            current[write.doc_id] = DocState(write.doc_id, write.version, deleting)
+            current[write.doc_id] = marker_of(write)
             winners[write.doc_id] = write
     return outcomes, winners
 
@@ -187,7 +206,16 @@ def plan(
 def check_writes(writes: Sequence[DocWrite], dim: int) -> None:
     """Refuse a batch with a malformed upsert before anything is written."""
     seen: set[tuple[str, int]] = set()
-    for doc in writes:
+    for write in writes:
+        if isinstance(write, AdvanceDoc) and not (
+            write.rows_version < write.version
+            and (write.carried.doc_id, write.carried.version) == (write.doc_id, write.version)
+        ):
+            raise PermanentError(
+                f"{write.doc_id}@{write.version}: an advance must name older rows "
+                f"(not {write.rows_version}) and carry its own doc and version"
+            )
+        doc = write.carried if isinstance(write, AdvanceDoc) else write
         if not isinstance(doc, UpsertDoc) or not doc.chunks:
             continue
         matrix = np.asarray(doc.vectors, dtype=np.float32)
@@ -251,21 +279,42 @@ class VersionedStore:
         else:
             before = await self.fences(doc_ids)
         outcomes, winners = plan(writes, before)
-        new = [w for w in winners.values() if _newer(w.version, before.get(w.doc_id))]
-        rows = [w for w in new if isinstance(w, UpsertDoc) and w.chunks]
-        if rows:
-            await self.index.insert_rows(rows)
-            if self.index.settle_s:  # see `_settled`: readers must not catch rows half-visible
-                await asyncio.sleep(self.index.settle_s)
-        if new:
-            await self.index.insert_fences(
-                [DocState(w.doc_id, w.version, isinstance(w, DeleteDoc)) for w in new]
-            )
+        new = [w for w in winners.values() if _newer(marker_of(w), before.get(w.doc_id))]
+        await self._commit(new)
+        if advances := [w for w in new if isinstance(w, AdvanceDoc)]:
+            await self._secure(advances)
         if prune:
             await self._prune(doc_ids)
         else:
             self._unpruned.update(doc_ids)
         return outcomes
+
+    async def _commit(self, writes: Sequence[DocWrite]) -> None:
+        """Steps 2 and 3: the rows, then the markers."""
+        rows = [w for w in writes if isinstance(w, UpsertDoc) and w.chunks]
+        if rows:
+            await self.index.insert_rows(rows)
+            if self.index.settle_s:  # see `_settled`: readers must not catch rows half-visible
+                await asyncio.sleep(self.index.settle_s)
+        if writes:
+            await self.index.insert_fences([marker_of(w) for w in writes])
+
+    async def _secure(self, advances: Sequence[AdvanceDoc]) -> None:
+        """Write the carried rows of each advance whose named rows may have been pruned before
+        its marker was in: a marker between them and it that serves other rows (or none) was
+        committed, and its writer prunes those rows if its fence read came before the advance's
+        marker. Carried rows under the advance's version outrank the advance (`DocState.order`).
+        A writer that prunes after the advance's marker keeps its rows (`prune_rows`), and its
+        marker came before this re-read, so no loss goes unseen."""
+        markers = await self.index.read_fences([a.doc_id for a in advances])
+        lost = {
+            m.doc_id
+            for a in advances
+            for m in markers
+            if m.doc_id == a.doc_id and _threatens(m, a)
+        }  # fmt: skip
+        if lost:
+            await self._commit([a.carried for a in advances if a.doc_id in lost])
 
     async def prune(self) -> None:
         """Prune what applies with ``prune=False`` left (a writer calls it on a short timer
@@ -283,11 +332,10 @@ class VersionedStore:
         markers = await self.index.read_fences(doc_ids)
         after = fence_of(markers)
         if after:
-            counts = Counter(m.doc_id for m in markers)
-            stale = [f for f in after.values() if counts[f.doc_id] > 1]
+            garbage = [m for m in markers if m != after[m.doc_id]]
             await asyncio.gather(
                 self.index.prune_rows(list(after.values())),
-                self.index.prune_markers(stale) if stale else _nothing(),
+                self.index.delete_markers(garbage) if garbage else _nothing(),
             )
 
     async def hybrid_search(self, request: SearchRequest) -> list[Hit]:
@@ -315,7 +363,12 @@ class VersionedStore:
         if missing := [h.chunk for h in kept if h.chunk.row_id not in rows]:
             rows.update((row.row_id, row) for row in await self.index.complete(missing))
         return [
-            Hit(rows[h.chunk.row_id], h.score, h.dense_score, h.bm25_score)
+            Hit(
+                _row_at(rows[h.chunk.row_id], fences[h.chunk.doc_id].version),
+                h.score,
+                h.dense_score,
+                h.bm25_score,
+            )
             for h in kept
             if h.chunk.row_id in rows
         ]
@@ -365,10 +418,10 @@ class VersionedStore:
         )
         fences = fence_of(markers)
         live = {
-            doc.doc_id: doc
+            doc.doc_id: _doc_at(doc, f.version)
             for doc in docs
             if (f := fences.get(doc.doc_id)) is not None
-            and not f.deleted and f.version == doc.version
+            and not f.deleted and f.rows == doc.version
         }  # fmt: skip
         return Served({d: fences.get(d) for d in doc_ids}, live)
 
@@ -404,13 +457,37 @@ def _moved(found: Candidates, fences: Mapping[str, DocState]) -> bool:
     for row, _ in (*found.dense, *found.bm25, *(found.fused or ())):
         newest[row.doc_id] = max(row.version, newest.get(row.doc_id, row.version))
     return any(
-        (f := fences.get(doc_id)) is not None and not f.deleted and version < f.version
+        (f := fences.get(doc_id)) is not None and not f.deleted and version < f.rows
         for doc_id, version in newest.items()
     )
 
 
-def _newer(version: int, fence: DocState | None) -> bool:
-    return fence is None or version > fence.version
+def _newer(marker: DocState, fence: DocState | None) -> bool:
+    return fence is None or marker.order > fence.order
+
+
+def _serves_rows_of(fence: DocState | None, version: int) -> bool:
+    return fence is not None and not fence.deleted and fence.rows == version
+
+
+def _threatens(marker: DocState, advance: AdvanceDoc) -> bool:
+    """Whether `marker`, ranked between the advance's named rows and the advance, serves
+    other rows than the advance names (its writer prunes those)."""
+    rows, version = advance.rows_version, advance.version
+    between = (rows, False, rows) < marker.order < (version, False, rows)
+    return between and (marker.deleted or marker.rows != rows)
+
+
+def _row_at(row: ChunkRecord, version: int) -> ChunkRecord:
+    """`row` as a row of `version` (the same unless an advance serves it)."""
+    return row if row.version == version else replace(row, version=version)
+
+
+def _doc_at(doc: UpsertDoc, version: int) -> UpsertDoc:
+    if doc.version == version:
+        return doc
+    chunks = [_row_at(c, version) for c in doc.chunks]
+    return UpsertDoc(doc.doc_id, version, chunks, doc.vectors)
 
 
 def _ranked(
@@ -425,7 +502,7 @@ def _ranked(
         return [
             (row, score) for row, score in rows
             if (f := fences.get(row.doc_id)) is not None
-            and not f.deleted and f.version == row.version
+            and not f.deleted and f.rows == row.version
         ]  # fmt: skip
 
     if found.fused is not None:

@@ -53,7 +53,14 @@ from weaviate.exceptions import (
 from shared.chunk_text import search_text
 from shared.errors import PermanentError, TransientError
 from shared.settings import StoreSettings
-from shared.store.records import ChunkRecord, DocState, SearchRequest, UpsertDoc, split_filters
+from shared.store.records import (
+    ChunkRecord,
+    DocState,
+    SearchRequest,
+    UpsertDoc,
+    read_marker,
+    split_filters,
+)
 from shared.store.stemming import stem_text
 from shared.store.versioning import Candidates, Scored, VersionedStore
 
@@ -86,6 +93,23 @@ def row_uuid(chunk: ChunkRecord) -> str:
 
 def fence_uuid(fence: DocState) -> str:
     return str(uuid.uuid5(_NAMESPACE, fence.marker_id))
+
+
+async def _ensure_rows_version(fences: Any) -> None:
+    """Add the advances' `rows_version` property to a fence collection made before they
+    existed (its markers, without it, serve their own version's rows)."""
+    config = await fences.config.get()
+    if any(p.name == "rows_version" for p in config.properties):
+        return
+    try:
+        await fences.config.add_property(_int("rows_version"))
+    except WeaviateBaseError as exc:  # another replica added it first
+        if "already exists" not in str(exc):
+            raise
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def collection_name(table: str) -> str:
@@ -133,6 +157,7 @@ FENCE_PROPERTIES = [
     _text("doc_id", filterable=True),
     _int("version", filterable=True),
     Property(name="deleted", data_type=DataType.BOOL, index_filterable=True),
+    _int("rows_version"),
 ]
 
 
@@ -190,6 +215,7 @@ class WeaviateIndex:
             chunks = client.collections.use(self.name).with_consistency_level(level)
             fences = client.collections.use(f"{self.name}Fences").with_consistency_level(level)
             await self._check_existing(chunks)
+            await _ensure_rows_version(fences)
         except BaseException:
             await client.close()
             raise
@@ -261,7 +287,12 @@ class WeaviateIndex:
         objects = [
             DataObject(
                 uuid=fence_uuid(f),
-                properties={"doc_id": f.doc_id, "version": f.version, "deleted": f.deleted},
+                properties={
+                    "doc_id": f.doc_id,
+                    "version": f.version,
+                    "deleted": f.deleted,
+                    "rows_version": f.rows,
+                },
             )
             for f in fences
         ]
@@ -292,25 +323,19 @@ class WeaviateIndex:
             chunks,
             [
                 _doc(f.doc_id)
-                & (below.less_or_equal(f.version) if f.deleted else below.less_than(f.version))
+                & (
+                    below.less_or_equal(f.version)
+                    if f.deleted
+                    else below.less_than(f.version) & below.not_equal(f.rows)
+                )
                 for f in fences
             ],
         )
 
-    async def prune_markers(self, fences: Sequence[DocState]) -> None:
+    async def delete_markers(self, markers: Sequence[DocState]) -> None:
         _, collection = await self._collections()
-        version = Filter.by_property("version")
-        upsert = Filter.by_property("deleted").equal(False)
-        below = [
-            # a tombstone also outranks the upsert marker of its own version
-            version.less_than(f.version) | (version.equal(f.version) & upsert)
-            if f.deleted
-            else version.less_than(f.version)
-            for f in fences
-        ]
-        await self._delete(
-            collection, [_doc(f.doc_id) & b for f, b in zip(fences, below, strict=True)]
-        )
+        ids = [fence_uuid(m) for m in markers]
+        await self._delete(collection, [Filter.by_id().contains_any(ids)])
 
     async def _delete(self, collection: Any, filters: list[Any]) -> None:
         where = filters[0] if len(filters) == 1 else Filter.any_of(filters)
@@ -405,13 +430,16 @@ class WeaviateIndex:
                     filters=Filter.by_property("doc_id").contains_any(ids),
                     limit=limit,
                     offset=offset,
-                    return_properties=["doc_id", "version", "deleted"],
+                    return_properties=["doc_id", "version", "deleted", "rows_version"],
                 ),
                 "fence read",
             )
             markers += [
-                DocState(
-                    o.properties["doc_id"], int(o.properties["version"]), o.properties["deleted"]
+                read_marker(
+                    o.properties["doc_id"],
+                    int(o.properties["version"]),
+                    o.properties["deleted"],
+                    _int_or_none(o.properties.get("rows_version")),
                 )
                 for o in response.objects
             ]

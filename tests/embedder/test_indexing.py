@@ -13,7 +13,7 @@ from services.embedder.indexing import index_batch
 from shared.contracts import ChunkedDoc, DocIndexed, DocUnchanged, DocUpsert, IndexOutcome
 from shared.stage import Publication
 from shared.store.lancedb_store import LanceDBStore
-from shared.store.records import Vector
+from shared.store.records import DocState, Vector
 
 DIM = 16
 
@@ -101,8 +101,10 @@ async def test_unchanged_doc_is_carried_forward_without_encoding(
         c.chunk_id for c in v1["tapir"].chunks
     ]
     np.testing.assert_array_equal(v2.vectors, v1["tapir"].vectors)
-    await store.prune()  # the stage runs it on a timer
-    assert await store.count_chunks("tapir") == len(first.chunks)  # v1's rows are gone
+    assert await store.count_chunks("tapir") == len(first.chunks)  # v2 serves v1's rows
+    await store.prune()  # the stage runs it on a timer: it keeps the rows v2 serves
+    assert await store.count_chunks("tapir") == len(first.chunks)
+    assert await store.current_version("tapir") == DocState("tapir", 2, False, rows_version=1)
 
 
 async def test_unchanged_doc_whose_base_is_gone_goes_back_to_be_chunked(

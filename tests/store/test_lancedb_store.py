@@ -14,7 +14,7 @@ from shared.errors import TransientError
 from shared.settings import StoreSettings
 from shared.store.factory import open_store
 from shared.store.lancedb_store import LanceDBStore
-from shared.store.records import DeleteDoc, DocState, DocWrite, WriteOutcome
+from shared.store.records import AdvanceDoc, DeleteDoc, DocState, DocWrite, UpsertDoc, WriteOutcome
 from shared.store.versioning import plan
 from shared.store.weaviate_store import WeaviateStore
 from tests.store.builders import DIM, bm25, dense, upsert
@@ -54,6 +54,35 @@ async def test_an_index_of_the_old_format_is_refused(tmp_path: Path) -> None:
     await db.create_table("chunks", data=[{"chunk_id": "c", "vector": [0.0] * DIM}])
     with pytest.raises(ValueError, match="older ragstream"):
         await LanceDBStore(tmp_path, DIM).open()
+
+
+async def test_a_fence_table_from_before_advances_gets_their_column(tmp_path: Path) -> None:
+    """Fence tables written before `rows_version` existed: each marker serves its own rows."""
+    old = LanceDBStore(tmp_path, DIM)
+    await old.apply([upsert("a", 1, ["apple pie"]), upsert("b", 1, ["banana"])])
+    await old.close()
+    db = await lancedb.connect_async(tmp_path)
+    fences = await db.open_table("chunks_fences")
+    await fences.drop_columns(["rows_version"])
+    assert "rows_version" not in (await fences.schema()).names
+
+    store = LanceDBStore(tmp_path, DIM)
+    try:
+        assert await store.fences(["a", "b"]) == {
+            "a": DocState("a", 1, False),
+            "b": DocState("b", 1, False),
+        }
+        first = upsert("a", 1, ["apple pie"])
+        carried = upsert("a", 2, ["apple pie"])
+        carried = UpsertDoc("a", 2, carried.chunks, first.vectors)
+        assert await store.apply([AdvanceDoc("a", 2, 1, carried)]) == [APPLIED]
+        await store.prune()
+        assert [
+            (h.chunk.text, h.chunk.version) for h in await store.hybrid_search(bm25("apple"))
+        ] == [("apple pie", 2)]
+        assert await store.current_version("a") == DocState("a", 2, False, rows_version=1)
+    finally:
+        await store.close()
 
 
 async def test_rows_added_after_indexing_are_searchable_at_once(store: LanceDBStore) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Collection
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from shared.settings import EmbeddingSettings, StoreSettings, store_env
 from shared.store.base import Store
 from shared.store.factory import open_store
 from shared.store.records import (
+    AdvanceDoc,
     DeleteDoc,
     DocState,
     DocWrite,
@@ -202,6 +204,69 @@ async def test_fences_read_before_a_newer_write_cannot_bring_an_old_version_back
     assert await store.apply([upsert("a", 2, ["apple tart"])], fences=early) == [APPLIED]
     assert await texts_of(store, "a") == [("apple strudel", 3)]
     assert await store.count_chunks("a") == 1
+
+
+def advance(doc: UpsertDoc, version: int) -> AdvanceDoc:
+    """`doc` unchanged at `version`, served on the rows it was written with."""
+    chunks = [replace(c, version=version) for c in doc.chunks]
+    carried = UpsertDoc(doc.doc_id, version, chunks, doc.vectors)
+    return AdvanceDoc(doc.doc_id, version, doc.version, carried)
+
+
+async def test_an_advance_serves_the_same_rows_under_the_new_version(
+    store: VersionedStore,
+) -> None:
+    first = upsert("a", 1, ["apple pie", "banana bread"])
+    await store.apply([first])
+
+    assert await store.apply([advance(first, 2)]) == [APPLIED]
+    assert await store.apply([advance(first, 3)]) == [APPLIED]  # still v1's rows
+    await store.prune()
+
+    assert await store.count_chunks("a") == 2  # no rows were copied, none pruned
+    assert await store.current_version("a") == DocState("a", 3, False, rows_version=1)
+    assert await texts_of(store, "a") == [("apple pie", 3), ("banana bread", 3)]
+    served = (await store.served(["a"])).docs["a"]
+    assert served.version == 3 and {c.version for c in served.chunks} == {3}
+    np.testing.assert_array_equal(served.vectors, first.vectors)
+    assert await store.apply([advance(first, 3)]) == [APPLIED]  # a replay changes nothing
+    assert await store.apply([advance(first, 2)]) == [STALE]
+    # An edit replaces the advanced rows; a delete removes them.
+    await store.apply([upsert("a", 4, ["apple crumble"])])
+    assert await texts_of(store, "a") == [("apple crumble", 4)]
+    assert await store.count_chunks("a") == 1
+    await store.apply([advance(upsert("a", 4, ["apple crumble"]), 5), DeleteDoc("a", 6)])
+    assert await store.count_chunks("a") == 0 and await texts_of(store, "a") == []
+
+
+async def test_an_advance_whose_rows_were_pruned_meanwhile_writes_its_carried_rows(
+    store: VersionedStore,
+) -> None:
+    """The advance was planned on fences read at v1; v2 (other rows) committed and pruned v1's
+    rows before the advance's marker went in. The advance must not serve rows that are gone."""
+    first = upsert("a", 1, ["apple pie"])
+    await store.apply([first])
+    early = (await store.served(["a"])).fences
+    await store.apply([upsert("a", 2, ["apple tart"])])
+    assert await store.count_chunks("a") == 1  # v1's row is gone
+
+    assert await store.apply([advance(first, 3)], fences=early) == [APPLIED]
+
+    assert await texts_of(store, "a") == [("apple pie", 3)]
+    await store.prune()
+    assert await texts_of(store, "a") == [("apple pie", 3)]
+    assert await store.count_chunks("a") == 1
+    assert await store.current_version("a") == DocState("a", 3, False)
+
+
+async def test_an_advance_planned_on_a_moved_fence_writes_its_carried_rows(
+    store: VersionedStore,
+) -> None:
+    first = upsert("a", 1, ["apple pie"])
+    await store.apply([first, upsert("a", 2, ["apple tart"])])
+    assert await store.apply([advance(first, 3)]) == [APPLIED]
+    assert await texts_of(store, "a") == [("apple pie", 3)]
+    assert await store.current_version("a") == DocState("a", 3, False)
 
 
 async def test_delete_keeps_a_tombstone(store: VersionedStore) -> None:

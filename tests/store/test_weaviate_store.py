@@ -13,8 +13,8 @@ import pytest
 from ragstream.weaviate_server import WeaviateServer, start_weaviate
 from shared.errors import PermanentError, TransientError
 from shared.settings import StoreSettings
-from shared.store.records import SearchRequest, UpsertDoc, WriteOutcome
-from shared.store.weaviate_store import WeaviateStore
+from shared.store.records import AdvanceDoc, DocState, SearchRequest, UpsertDoc, WriteOutcome
+from shared.store.weaviate_store import FENCE_PROPERTIES, WeaviateIndex, WeaviateStore
 from tests.store.builders import DIM, bm25, upsert
 from tests.store.test_store_contract import readers_see_whole_versions
 
@@ -124,6 +124,32 @@ async def test_collections_are_created_once_by_concurrent_openers(
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_fence_collection_from_before_advances_gets_their_property(
+    weaviate_server: WeaviateServer,
+) -> None:
+    store = WeaviateStore(settings_for(weaviate_server), DIM)
+    index = store.index
+    assert isinstance(index, WeaviateIndex)
+    client = index._new_client()
+    await client.connect()
+    try:
+        old = [p for p in FENCE_PROPERTIES if p.name != "rows_version"]
+        await index._ensure(client, f"{index.name}Fences", old, vectors=False)
+    finally:
+        await client.close()
+    try:
+        first = upsert("a", 1, ["apple pie"])
+        await store.apply([first])
+        carried = UpsertDoc("a", 2, upsert("a", 2, ["apple pie"]).chunks, first.vectors)
+        assert await store.apply([AdvanceDoc("a", 2, 1, carried)]) == [WriteOutcome.APPLIED]
+        await store.prune()
+        hits = await store.hybrid_search(bm25("apple"))
+        assert [(h.chunk.text, h.chunk.version) for h in hits] == [("apple pie", 2)]
+        assert await store.current_version("a") == DocState("a", 2, False, rows_version=1)
+    finally:
+        await store.close()
 
 
 async def test_native_hybrid_serves_only_fenced_rows(weaviate_server: WeaviateServer) -> None:
