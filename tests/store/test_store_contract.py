@@ -427,6 +427,48 @@ async def test_concurrent_appliers_converge_on_the_newest(store_settings: StoreS
             await s.close()
 
 
+async def test_concurrent_upserts_and_advances_converge_and_never_serve_a_mix(
+    store_settings: StoreSettings,
+) -> None:
+    """Upserts at even versions, each followed by an advance of it at the next odd version,
+    applied in random order by three stores while another reads: every read sees one whole
+    version's texts (or nothing), and all converge on the last advance."""
+    rng = random.Random(11)
+    vocab = ["alpha", "beta", "gamma", "delta", "omega"]
+    upserts = [
+        upsert("x", v, [f"{rng.choice(vocab)} text {i}" for i in range(rng.randint(1, 4))])
+        for v in range(2, 14, 2)
+    ]
+    writes: list[DocWrite] = [*upserts, *(advance(u, u.version + 1) for u in upserts)]
+    writes += writes[:3]  # and some redeliveries
+    rng.shuffle(writes)
+    whole = {tuple(sorted(c.text for c in u.chunks)) for u in upserts}
+    stores = [open_store(store_settings, DIM) for _ in range(4)]
+    seen: list[list[tuple[str, int]]] = []
+    done = asyncio.Event()
+
+    async def read() -> None:
+        while not done.is_set():
+            seen.append(await texts_of(stores[3], "x"))
+
+    try:
+        reading = asyncio.create_task(read())
+        await asyncio.gather(*(stores[i % 3].apply([w]) for i, w in enumerate(writes)))
+        done.set()
+        await reading
+        for s in stores[:3]:
+            await s.prune()
+        last = upserts[-1]
+        assert (await stores[0].current_version("x") or DocState("x", 0, True)).version == 13
+        assert await texts_of(stores[1], "x") == sorted((c.text, 13) for c in last.chunks)
+        assert await stores[0].count_chunks() == len(last.chunks)
+        assert all(tuple(sorted(t for t, _ in s)) in whole for s in seen if s), seen
+        assert all(len({v for _, v in s}) == 1 for s in seen if s)
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_concurrent_redeliveries_insert_each_row_once(store_settings: StoreSettings) -> None:
     doc = upsert("x", 1, ["one", "two", "three"])
     stores = [open_store(store_settings, DIM) for _ in range(3)]
