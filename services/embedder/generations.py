@@ -60,7 +60,7 @@ async def copy_into(
             fence = served.fences.get(doc_id)
             if fence is not None and fence.deleted:
                 writes.append(DeleteDoc(doc_id, fence.version))
-            elif (doc := served.docs.get(doc_id)) is not None:
-                writes.append(doc)
+            elif fence is not None and (doc := served.docs.get(doc_id)) is not None:
+                writes.append(doc.at(fence.version))
         n_embedded = await write_to(target, writes)
         log.info("reindexed", table=table, docs=len(writes), n_embedded=n_embedded)

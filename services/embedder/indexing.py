@@ -9,7 +9,6 @@ has. Other generations (`also`) get the carried copy, embedded by their own mode
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
@@ -83,11 +82,9 @@ def advanced(event: DocUnchanged, served: Served) -> AdvanceDoc | None:
     """The doc at the event's version on the rows it is served with, if the index still serves
     the version the chunker found unchanged; None if it moved on (the doc must be chunked)."""
     doc, fence = served.docs.get(event.doc_id), served.fences.get(event.doc_id)
-    if doc is None or fence is None or doc.version != event.indexed_version:
+    if doc is None or fence is None or fence.version != event.indexed_version:
         return None
-    chunks = [replace(c, version=event.version) for c in doc.chunks]
-    carried = UpsertDoc(event.doc_id, event.version, chunks, doc.vectors)
-    return AdvanceDoc(event.doc_id, event.version, fence.rows, carried)
+    return AdvanceDoc(event.doc_id, event.version, doc)
 
 
 def known_vectors(served: Mapping[str, UpsertDoc]) -> dict[str, Vector]:

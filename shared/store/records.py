@@ -1,7 +1,7 @@
 """Plain values that cross the Store port: what is written, what a search asks and returns."""
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -33,6 +33,10 @@ class ChunkRecord:
         """The row's key in the index: rows of different versions never overwrite each other."""
         return f"{self.chunk_id}@{self.version}"
 
+    def at(self, version: int) -> "ChunkRecord":
+        """This chunk as a chunk of `version` (a version served on older rows, or copied)."""
+        return self if version == self.version else replace(self, version=version)
+
 
 @dataclass(frozen=True, slots=True)
 class UpsertDoc:
@@ -43,6 +47,12 @@ class UpsertDoc:
     chunks: Sequence[ChunkRecord]
     vectors: Vector
     """One normalised row per chunk, in the same order."""
+
+    def at(self, version: int) -> "UpsertDoc":
+        """The same rows and vectors as `version`."""
+        if version == self.version:
+            return self
+        return UpsertDoc(self.doc_id, version, [c.at(version) for c in self.chunks], self.vectors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +65,24 @@ class DeleteDoc:
 
 @dataclass(frozen=True, slots=True)
 class AdvanceDoc:
-    """Make `version` of `doc_id` the served one with the rows the index serves now, which are
-    those of `rows_version` (the doc did not change): one fence marker, no rows copied.
+    """Make `version` of `doc_id` the served one on the rows the index serves now, `rows` (as
+    `Store.served` read them; the doc did not change): one fence marker, no rows copied.
 
-    `carried` is the same doc as rows under `version` (the served rows and vectors): the store
-    writes it instead where the index no longer serves `rows_version`'s rows by the time the
-    marker is in (another version committed in between; see `VersionedStore.apply`)."""
+    Where the index no longer serves those rows by the time the marker is in (another version
+    committed in between; see `VersionedStore.apply`), the store writes `carried` instead."""
 
     doc_id: str
     version: int
-    rows_version: int
-    carried: UpsertDoc
+    rows: UpsertDoc
+
+    @property
+    def rows_version(self) -> int:
+        return self.rows.version
+
+    @property
+    def carried(self) -> UpsertDoc:
+        """The rows copied under `version`."""
+        return self.rows.at(self.version)
 
 
 DocWrite = UpsertDoc | DeleteDoc | AdvanceDoc
@@ -114,7 +131,8 @@ def read_marker(doc_id: str, version: int, deleted: bool, rows_version: int | No
 @dataclass(frozen=True, slots=True)
 class Served:
     """What a store's `served` read: each doc's fence (None: the index never had it), and each
-    live doc's served rows."""
+    live doc's served rows, as stored: of the fence's `DocState.rows` version, older than the
+    fence's own after an advance (`UpsertDoc.at` relabels them)."""
 
     fences: dict[str, DocState | None]
     docs: dict[str, UpsertDoc]

@@ -60,7 +60,7 @@ on again within the second read can be missing from an answer; none is ever show
 import asyncio
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -208,14 +208,13 @@ def check_writes(writes: Sequence[DocWrite], dim: int) -> None:
     seen: set[tuple[str, int]] = set()
     for write in writes:
         if isinstance(write, AdvanceDoc) and not (
-            write.rows_version < write.version
-            and (write.carried.doc_id, write.carried.version) == (write.doc_id, write.version)
+            write.rows_version < write.version and write.rows.doc_id == write.doc_id
         ):
             raise PermanentError(
-                f"{write.doc_id}@{write.version}: an advance must name older rows "
-                f"(not {write.rows_version}) and carry its own doc and version"
+                f"{write.doc_id}@{write.version}: an advance must be on older rows of its doc, "
+                f"not {write.rows.doc_id}@{write.rows_version}"
             )
-        doc = write.carried if isinstance(write, AdvanceDoc) else write
+        doc = write.rows if isinstance(write, AdvanceDoc) else write
         if not isinstance(doc, UpsertDoc) or not doc.chunks:
             continue
         matrix = np.asarray(doc.vectors, dtype=np.float32)
@@ -306,15 +305,11 @@ class VersionedStore:
         marker. Carried rows under the advance's version outrank the advance (`DocState.order`).
         A writer that prunes after the advance's marker keeps its rows (`prune_rows`), and its
         marker came before this re-read, so no loss goes unseen."""
-        markers = await self.index.read_fences([a.doc_id for a in advances])
-        lost = {
-            m.doc_id
-            for a in advances
-            for m in markers
-            if m.doc_id == a.doc_id and _threatens(m, a)
-        }  # fmt: skip
+        by_doc = {a.doc_id: a for a in advances}
+        markers = await self.index.read_fences(list(by_doc))
+        lost = {m.doc_id for m in markers if _threatens(m, by_doc[m.doc_id])}
         if lost:
-            await self._commit([a.carried for a in advances if a.doc_id in lost])
+            await self._commit([by_doc[d].carried for d in lost])
 
     async def prune(self) -> None:
         """Prune what applies with ``prune=False`` left (a writer calls it on a short timer
@@ -364,7 +359,7 @@ class VersionedStore:
             rows.update((row.row_id, row) for row in await self.index.complete(missing))
         return [
             Hit(
-                _row_at(rows[h.chunk.row_id], fences[h.chunk.doc_id].version),
+                rows[h.chunk.row_id].at(fences[h.chunk.doc_id].version),
                 h.score,
                 h.dense_score,
                 h.bm25_score,
@@ -408,9 +403,10 @@ class VersionedStore:
         return (await self.fences([doc_id])).get(doc_id)
 
     async def served(self, doc_ids: Collection[str]) -> Served:
-        """The docs' fences and, for each live one, its served version's rows and vectors (one
-        concurrent read of each). Rows may be pruned by a newer version at any time after this
-        read, so a caller must not assume they are still there: it copies them."""
+        """The docs' fences and, for each live one, the rows and vectors it is served with (of
+        its fence's `rows` version; one concurrent read of each). Rows may be pruned by a newer
+        version at any time after this read, so a caller must not assume they are still there:
+        it copies them (or advances on them, `AdvanceDoc`)."""
         if not doc_ids:
             return Served({}, {})
         markers, docs = await asyncio.gather(
@@ -418,7 +414,7 @@ class VersionedStore:
         )
         fences = fence_of(markers)
         live = {
-            doc.doc_id: _doc_at(doc, f.version)
+            doc.doc_id: doc
             for doc in docs
             if (f := fences.get(doc.doc_id)) is not None
             and not f.deleted and f.rows == doc.version
@@ -478,16 +474,6 @@ def _threatens(marker: DocState, advance: AdvanceDoc) -> bool:
     return between and (marker.deleted or marker.rows != rows)
 
 
-def _row_at(row: ChunkRecord, version: int) -> ChunkRecord:
-    """`row` as a row of `version` (the same unless an advance serves it)."""
-    return row if row.version == version else replace(row, version=version)
-
-
-def _doc_at(doc: UpsertDoc, version: int) -> UpsertDoc:
-    if doc.version == version:
-        return doc
-    chunks = [_row_at(c, version) for c in doc.chunks]
-    return UpsertDoc(doc.doc_id, version, chunks, doc.vectors)
 
 
 def _ranked(

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Collection
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -208,9 +207,7 @@ async def test_fences_read_before_a_newer_write_cannot_bring_an_old_version_back
 
 def advance(doc: UpsertDoc, version: int) -> AdvanceDoc:
     """`doc` unchanged at `version`, served on the rows it was written with."""
-    chunks = [replace(c, version=version) for c in doc.chunks]
-    carried = UpsertDoc(doc.doc_id, version, chunks, doc.vectors)
-    return AdvanceDoc(doc.doc_id, version, doc.version, carried)
+    return AdvanceDoc(doc.doc_id, version, doc)
 
 
 async def test_an_advance_serves_the_same_rows_under_the_new_version(
@@ -226,9 +223,10 @@ async def test_an_advance_serves_the_same_rows_under_the_new_version(
     assert await store.count_chunks("a") == 2  # no rows were copied, none pruned
     assert await store.current_version("a") == DocState("a", 3, False, rows_version=1)
     assert await texts_of(store, "a") == [("apple pie", 3), ("banana bread", 3)]
-    served = (await store.served(["a"])).docs["a"]
-    assert served.version == 3 and {c.version for c in served.chunks} == {3}
-    np.testing.assert_array_equal(served.vectors, first.vectors)
+    served = await store.served(["a"])
+    assert served.fences["a"] == DocState("a", 3, False, rows_version=1)
+    assert served.docs["a"].version == 1 and {c.version for c in served.docs["a"].chunks} == {1}
+    np.testing.assert_array_equal(served.docs["a"].vectors, first.vectors)
     assert await store.apply([advance(first, 3)]) == [APPLIED]  # a replay changes nothing
     assert await store.apply([advance(first, 2)]) == [STALE]
     # An edit replaces the advanced rows; a delete removes them.
