@@ -320,7 +320,8 @@ class LanceDBIndex:
         where = f"doc_id IN ({', '.join(_sql(d) for d in doc_ids)})"
         columns = ["doc_id", "version", "deleted", "rows_version"]
         rows = await table.query().where(where).select(columns).to_arrow()
-        return [read_marker(*(r[c] for c in columns)) for r in rows.to_pylist()]
+        values = [rows.column(c).to_pylist() for c in columns]
+        return [read_marker(*r) for r in zip(*values, strict=True)]
 
     async def export(self) -> list[UpsertDoc]:
         """Every doc version the table holds, with its rows' vectors (to copy an index)."""
