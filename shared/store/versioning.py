@@ -19,14 +19,15 @@ not have) and no second system in the read path, and it commits in the same stor
 it fences. With replicated Weaviate, markers are written and read at consistency QUORUM.
 
 **A reader sees all of one version, never a mix or a subset.** A row is served only if its
-version equals its doc's fence and the fence is not a tombstone. `apply` commits in this order:
+version equals its doc's fence's rows (its own, unless an advance, below) and the fence is not a
+tombstone. `apply` commits in this order:
 
 1. read the fences of the batch's docs; plan (drop writes older than them as STALE);
 2. insert every row of the new versions (all of them must succeed before step 3);
 3. insert the new markers — the commit point: the doc switches to its new version at once;
-4. re-read the fences; delete the rows below each fence (at or below a tombstone) and, where
-   the read showed any, the markers below it (garbage only: they never decide anything, so
-   leaving some behind is harmless and the doc's next write removes them).
+4. re-read the fences; delete the rows below each fence but those it serves (at or below a
+   tombstone) and, where the read showed any, the markers below it (garbage only: they never
+   decide anything, so leaving some behind is harmless and the doc's next write removes them).
 
 **An unchanged doc advances without copying rows.** An `AdvanceDoc` inserts only a marker
 ``(doc_id, version, rows_version)``: the new version serves the rows of the version the index
