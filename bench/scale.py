@@ -300,7 +300,7 @@ def main() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp) / "index"
-        args.reuse = args.reuse and root.is_dir()
+        args.reuse = args.reuse and (root / "chunks.lance").is_dir()  # else build it there
         result = asyncio.run(run(args, root))
     result["corpus"] = str(args.corpus)
     sys.stdout.write(json.dumps(result) + "\n")
