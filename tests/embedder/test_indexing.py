@@ -82,7 +82,7 @@ async def index(
     return published
 
 
-async def test_unchanged_doc_is_carried_forward_without_encoding(
+async def test_unchanged_doc_advances_on_its_rows_without_encoding(
     chunker: Chunker, store: LanceDBStore
 ) -> None:
     embedder = CountingEmbedder()
