@@ -213,7 +213,7 @@ async def index_batch(
 
 def _rows_of(write: DocWrite) -> int:
     if isinstance(write, AdvanceDoc):
-        return len(write.carried.chunks)
+        return len(write.rows.chunks)
     return len(write.chunks) if isinstance(write, UpsertDoc) else 0
 
 
