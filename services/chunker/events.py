@@ -50,6 +50,7 @@ def chunk_event(
             fingerprint=made_from,
             doc_emitted_at=event.emitted_at,
             doc=event,
+            n_chunks=indexed.n_chunks,
         )
     chunks = chunker.chunk(event)
     if len(chunks) > max_chunks:
@@ -77,8 +78,10 @@ def chunk_batch(
     out_stream: str,
     indexed: Sequence[doc_state.DocState | None] | None = None,
 ) -> list[Outcome]:
-    """Chunk each event; ``indexed[i]`` is what the index serves of event i's doc, if known."""
+    """Chunk each event; ``indexed[i]`` is what the index serves of event i's doc, if known.
+    An unchanged doc is logged at debug level, and counted in one line per batch."""
     outcomes: list[Outcome] = []
+    unchanged = 0
     for i, event in enumerate(events):
         with structlog.contextvars.bound_contextvars(
             event_id=str(event.event_id), doc_id=event.doc_id, version=event.version
@@ -89,11 +92,14 @@ def chunk_batch(
                 outcomes.append(exc)
                 continue
             if isinstance(chunked, DocUnchanged):
-                log.info("unchanged", kind=event.type, indexed_version=chunked.indexed_version)
+                unchanged += 1
+                log.debug("unchanged", kind=event.type, indexed_version=chunked.indexed_version)
             else:
                 n_chunks = len(chunked.chunks) if isinstance(chunked, ChunkedDoc) else 0
                 log.info("chunked", kind=event.type, n_chunks=n_chunks)
             outcomes.append([Publication(out_stream, chunked)])
+    if unchanged:
+        log.info("unchanged docs", n_docs=unchanged)
     return outcomes
 
 

@@ -1,14 +1,17 @@
 """Chunk events in, index writes and freshness acks out: the embedder stage's logic.
 
-Only what changed is embedded. Before embedding, the batch reads its docs' fences and served
-rows with their vectors (one concurrent read; the fences also save `apply` its first read). A
-`DocUnchanged` advances the doc to its new version on the rows it has (`AdvanceDoc`: a fence
-marker, no rows written), carrying those rows in case the store must copy them after all; a
+Only what changed is embedded. Before embedding, the batch reads its docs' fences and the
+served rows, with their vectors, of its chunked docs (one concurrent read; the fences also save
+`apply` its first read). A `DocUnchanged` advances the doc to its new version on the rows it has
+(`AdvanceDoc`: a fence marker, no rows read or written); where the index turns out not to serve
+those rows (`WriteOutcome.UNSERVED`), the doc goes back to the chunker with `force` set. A
 `ChunkedDoc` takes the vector of every chunk whose embedding text the served version already
-has. Other generations (`also`) get the carried copy, embedded by their own model.
+has. Other generations (`also`) get an advance as a copy of the served rows, embedded by their
+own model.
 """
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -81,10 +84,18 @@ def _text(record: ChunkRecord) -> str:
 def advanced(event: DocUnchanged, served: Served) -> AdvanceDoc | None:
     """The doc at the event's version on the rows it is served with, if the index still serves
     the version the chunker found unchanged; None if it moved on (the doc must be chunked)."""
-    doc, fence = served.docs.get(event.doc_id), served.fences.get(event.doc_id)
-    if doc is None or fence is None or fence.version != event.indexed_version:
+    fence = served.fences.get(event.doc_id)
+    if fence is None or fence.deleted or fence.version != event.indexed_version:
         return None
-    return AdvanceDoc(event.doc_id, event.version, doc)
+    return AdvanceDoc(event.doc_id, event.version, fence.rows)
+
+
+def _reads_rows(event: ChunkEvent, copies: bool) -> bool:
+    """Whether the batch needs `event`'s served rows: to reuse vectors for its chunks, to count
+    them (a `DocUnchanged` that does not say how many), or to copy them (`copies`)."""
+    if isinstance(event, ChunkedDoc):
+        return True
+    return isinstance(event, DocUnchanged) and (copies or event.n_chunks is None)
 
 
 def known_vectors(served: Mapping[str, UpsertDoc]) -> dict[str, Vector]:
@@ -108,18 +119,22 @@ async def embed_missing(
     return np.ascontiguousarray(matrix, dtype=np.float32), len(missing)
 
 
-async def write_to(index: Index, writes: Sequence[DocWrite]) -> int:
+async def write_to(
+    index: Index, writes: Sequence[DocWrite], served: Mapping[str, UpsertDoc] | None = None
+) -> int:
     """Apply `writes` to another generation's index, with that generation's model's vectors
-    (reusing those its served rows have for the same text; an advance is written as the rows it
-    carries, since that index holds other rows). How many chunks it embedded."""
-    writes = [w.carried if isinstance(w, AdvanceDoc) else w for w in writes]
-    upserts = [w for w in writes if isinstance(w, UpsertDoc)]
-    served = await index.store.served([w.doc_id for w in upserts]) if upserts else Served({}, {})
+    (reusing those its served rows have for the same text). An advance is written as a copy of
+    the rows it names, from `served` (what the serving index serves; that index holds other
+    rows), and left out if they are not there. How many chunks it embedded."""
+    copied = [_copied(w, served or {}) if isinstance(w, AdvanceDoc) else w for w in writes]
+    kept = [w for w in copied if w is not None]
+    upserts = [w for w in kept if isinstance(w, UpsertDoc)]
+    own = await index.store.served([w.doc_id for w in upserts]) if upserts else Served({}, {})
     texts = [_text(c) for w in upserts for c in w.chunks]
-    vectors, n_embedded = await embed_missing(texts, known_vectors(served.docs), index.embedder)
+    vectors, n_embedded = await embed_missing(texts, known_vectors(own.docs), index.embedder)
     rewritten: list[DocWrite] = []
     offset = 0
-    for write in writes:
+    for write in kept:
         if isinstance(write, UpsertDoc):
             n = len(write.chunks)
             rows = vectors[offset : offset + n]
@@ -128,8 +143,56 @@ async def write_to(index: Index, writes: Sequence[DocWrite]) -> int:
         else:
             rewritten.append(write)
     if rewritten:
-        await index.store.apply(rewritten, fences=served.fences, prune=False)
+        await index.store.apply(rewritten, fences=own.fences, prune=False)
     return n_embedded
+
+
+def _copied(advance: AdvanceDoc, served: Mapping[str, UpsertDoc]) -> UpsertDoc | None:
+    rows = served.get(advance.doc_id)
+    if rows is None or rows.version != advance.rows_version:
+        return None
+    return rows.at(advance.version)
+
+
+@dataclass
+class _Writes:
+    """What a batch writes: one write per kept event that has one, with its chunk count."""
+
+    writes: list[DocWrite] = field(default_factory=list)
+    n_chunks: list[int] = field(default_factory=list)
+    of_event: dict[int, int] = field(default_factory=dict)
+    """Event index → its write's position."""
+    resend: dict[int, DocUnchanged] = field(default_factory=dict)
+    """Event index → an unchanged doc to chunk after all (the index moved on)."""
+
+    def add(self, index: int, write: DocWrite, n_chunks: int) -> None:
+        self.of_event[index] = len(self.writes)
+        self.writes.append(write)
+        self.n_chunks.append(n_chunks)
+
+
+def _writes_of(
+    kept: Mapping[int, ChunkEvent],
+    served: Served,
+    records: Mapping[int, list[ChunkRecord]],
+    vectors: Vector,
+) -> _Writes:
+    planned = _Writes()
+    offset = 0
+    for index, event in kept.items():
+        if isinstance(event, DocDelete):
+            planned.add(index, DeleteDoc(event.doc_id, event.version), 0)
+        elif isinstance(event, DocUnchanged):
+            if (advance := advanced(event, served)) is None:
+                planned.resend[index] = event
+            else:
+                planned.add(index, advance, _served_chunks(event, served))
+        else:
+            n = len(records[index])
+            rows = vectors[offset : offset + n]
+            planned.add(index, UpsertDoc(event.doc_id, event.version, records[index], rows), n)
+            offset += n
+    return planned
 
 
 async def index_batch(
@@ -146,57 +209,56 @@ async def index_batch(
     recently), so an acked version is in every generation a reader may be using."""
     keep = newest_per_doc(events)
     kept = {i: e for i, e in enumerate(events) if i in keep}
-    upserts = [e for e in kept.values() if not isinstance(e, DocDelete)]
-    served = await store.served([e.doc_id for e in upserts]) if upserts else Served({}, {})
-    known = known_vectors(served.docs)
+    upserts = [e.doc_id for e in kept.values() if not isinstance(e, DocDelete)]
+    rows = [e.doc_id for e in kept.values() if _reads_rows(e, copies=bool(also))]
+    served = await store.served(upserts, rows=rows) if upserts else Served({}, {})
 
-    writes: list[DocWrite] = []
-    write_of: dict[int, int] = {}
-    resend: dict[int, DocUnchanged] = {}
     records = {i: records_of(e) for i, e in kept.items() if isinstance(e, ChunkedDoc)}
     texts = [_text(r) for doc in records.values() for r in doc]
-    vectors, n_embedded = await embed_missing(texts, known, embedder)
-    offset = 0
-    for index, event in kept.items():
-        write: DocWrite
-        if isinstance(event, DocDelete):
-            write = DeleteDoc(event.doc_id, event.version)
-        elif isinstance(event, DocUnchanged):
-            advance = advanced(event, served)
-            if advance is None:
-                resend[index] = event
-                continue
-            write = advance
-        else:
-            n = len(records[index])
-            write = UpsertDoc(
-                event.doc_id, event.version, records[index], vectors[offset : offset + n]
-            )
-            offset += n
-        write_of[index] = len(writes)
-        writes.append(write)
+    vectors, n_embedded = await embed_missing(texts, known_vectors(served.docs), embedder)
+    planned = _writes_of(kept, served, records, vectors)
     metrics.chunk_vectors.labels("embedded").inc(n_embedded)
-    metrics.chunk_vectors.labels("reused").inc(sum(map(_rows_of, writes)) - n_embedded)
+    metrics.chunk_vectors.labels("reused").inc(sum(planned.n_chunks) - n_embedded)
 
     for generation in also:
-        await write_to(generation, writes)
+        await write_to(generation, planned.writes, served.docs)
     # The prune is left to the stage's timer (`Store.prune`): off the ack path, one per many
     # batches; readers never see the rows it removes anyway.
-    results = await store.apply(writes, fences=served.fences, prune=False)
+    results = await store.apply(planned.writes, fences=served.fences, prune=False)
+    for index, position in planned.of_event.items():
+        event = kept[index]
+        if results[position] is WriteOutcome.UNSERVED and isinstance(event, DocUnchanged):
+            planned.resend[index] = event
+    log.debug("embedded", n_embedded=n_embedded, n_texts=len(texts))
+    return _outcomes(events, planned, results, out_stream, docs_stream)
+
+
+def _outcomes(
+    events: Sequence[ChunkEvent],
+    planned: _Writes,
+    results: Sequence[WriteOutcome],
+    out_stream: str,
+    docs_stream: str,
+) -> list[Outcome]:
+    """Each event's ack (or, for an unchanged doc the index moved on from, its resend). An
+    unchanged doc is logged at debug level and counted in one line per batch: a re-sync of a
+    million unchanged docs is a million no-ops."""
     indexed_at = utcnow()
     outcomes: list[Outcome] = []
+    unchanged = 0
     for index, event in enumerate(events):
-        if index in resend:
+        if index in planned.resend:
             log.info("index moved on, chunking after all", doc_id=event.doc_id)
-            forced = resend[index].doc.model_copy(update={"force": True})
+            forced = planned.resend[index].doc.model_copy(update={"force": True})
             outcomes.append([Publication(docs_stream, forced)])
             continue
-        position = write_of.get(index)
+        position = planned.of_event.get(index)
         if position is None:  # an older event of a doc the batch writes a newer one of
             ack = _ack(event, WriteOutcome.STALE, 0, indexed_at)
         else:
-            ack = _ack(event, results[position], _rows_of(writes[position]), indexed_at)
-        log.info(
+            ack = _ack(event, results[position], planned.n_chunks[position], indexed_at)
+        unchanged += ack.outcome is IndexOutcome.UNCHANGED
+        (log.debug if ack.outcome is IndexOutcome.UNCHANGED else log.info)(
             "indexed",
             doc_id=event.doc_id,
             version=event.version,
@@ -207,14 +269,17 @@ async def index_batch(
         if ack.outcome is not IndexOutcome.STALE:
             metrics.doc_freshness_seconds.labels("embedder").observe(ack.freshness_ms / 1000)
         outcomes.append([Publication(out_stream, ack)])
-    log.debug("embedded", n_embedded=n_embedded, n_texts=len(texts))
+    if unchanged:
+        log.info("unchanged docs advanced", n_docs=unchanged)
     return outcomes
 
 
-def _rows_of(write: DocWrite) -> int:
-    if isinstance(write, AdvanceDoc):
-        return len(write.rows.chunks)
-    return len(write.chunks) if isinstance(write, UpsertDoc) else 0
+def _served_chunks(event: DocUnchanged, served: Served) -> int:
+    """How many chunks the version `event` advances on has (the chunker said, or the rows)."""
+    if event.n_chunks is not None:
+        return event.n_chunks
+    doc = served.docs.get(event.doc_id)
+    return 0 if doc is None else len(doc.chunks)
 
 
 def _ack(

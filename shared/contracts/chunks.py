@@ -61,6 +61,9 @@ class DocUnchanged(Event):
     fingerprint: str
     doc_emitted_at: datetime
     doc: DocUpsert
+    n_chunks: Annotated[int, Field(ge=0)] | None = None
+    """How many chunks `indexed_version` is served with (for the ack); None from a chunker that
+    did not say, and the embedder then counts the served rows."""
 
 
 class DocReindex(Event):

@@ -34,9 +34,11 @@ class Store(Protocol):
         """The version (or tombstone) each known doc is at; unknown docs are left out."""
         ...
 
-    async def served(self, doc_ids: Collection[str]) -> Served:
-        """The docs' fences and each live doc's served rows with their vectors (to reuse
-        vectors and to pass the fences on to `apply`)."""
+    async def served(
+        self, doc_ids: Collection[str], *, rows: Collection[str] | None = None
+    ) -> Served:
+        """The docs' fences and the served rows, with their vectors, of each live doc of `rows`
+        (default: all; to reuse vectors and to pass the fences on to `apply`)."""
         ...
 
     async def prune(self) -> None:

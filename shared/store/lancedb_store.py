@@ -389,10 +389,12 @@ class LanceDBStore(VersionedStore):
         with _io_errors_transient():
             return await super().apply(writes, fences=fences, prune=prune)
 
-    async def served(self, doc_ids: Collection[str]) -> Served:
+    async def served(
+        self, doc_ids: Collection[str], *, rows: Collection[str] | None = None
+    ) -> Served:
         """See `VersionedStore.served`; an I/O failure is a `TransientError`, as in `apply`."""
         with _io_errors_transient():
-            return await super().served(doc_ids)
+            return await super().served(doc_ids, rows=rows)
 
 
 @contextlib.contextmanager

@@ -65,24 +65,14 @@ class DeleteDoc:
 
 @dataclass(frozen=True, slots=True)
 class AdvanceDoc:
-    """Make `version` of `doc_id` the served one on the rows the index serves now, `rows` (as
-    `Store.served` read them; the doc did not change): one fence marker, no rows copied.
-
-    Where the index no longer serves those rows by the time the marker is in (another version
-    committed in between; see `VersionedStore.apply`), the store writes `carried` instead."""
+    """Make `version` of `doc_id` the served one on the rows of `rows_version`, which the index
+    serves now (as `Store.served` read its fence; the doc did not change): one fence marker, no
+    rows copied. Where the index no longer serves those rows (another version committed in
+    between; see `VersionedStore.apply`), the outcome is `WriteOutcome.UNSERVED`."""
 
     doc_id: str
     version: int
-    rows: UpsertDoc
-
-    @property
-    def rows_version(self) -> int:
-        return self.rows.version
-
-    @property
-    def carried(self) -> UpsertDoc:
-        """The rows copied under `version`."""
-        return self.rows.at(self.version)
+    rows_version: int
 
 
 DocWrite = UpsertDoc | DeleteDoc | AdvanceDoc
@@ -92,6 +82,9 @@ class WriteOutcome(StrEnum):
     APPLIED = "applied"
     STALE = "stale"
     """Older than (or, for deletes, equal to) what the index already holds; nothing changed."""
+    UNSERVED = "unserved"
+    """An advance whose rows the index no longer serves: the version needs rows of its own
+    (until they are written, the doc can be missing from answers if its marker went in)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,9 +35,10 @@ served when the writer read the fence. Readers and prunes go by the fence's rows
 (`DocState.rows`), and at one version an advance ranks below the version's own rows. An
 advance's rows can be pruned before its marker is in, by the writer of a version between them
 that read its fence before the advance's marker; such a writer's marker is in before the
-advance's writer re-reads the markers, so that re-read finds it and the advance then writes the
-rows it carries (`VersionedStore._secure`). Until then — a race of two versions of one doc
-committed out of order — that doc can be missing from answers.
+advance's writer re-reads the markers, so that re-read finds it and the advance is reported
+`UNSERVED` (`VersionedStore._lost`): its caller writes the version's own rows, which outrank
+the advance. Until then — a race of two versions of one doc committed out of order — that doc
+can be missing from answers.
 
 A crash between any two steps leaves the old version whole and served (step 2's rows are
 invisible without their marker; step 3's leftovers are invisible below the new fence); the
@@ -181,24 +182,28 @@ def plan(
     """Outcome of each write, in order, and the last applied write of each doc (its winner).
 
     An upsert is stale below the fence or at/below a tombstone; a delete at/below the fence.
-    An equal-version upsert replay is APPLIED (and changes nothing). An advance whose rows the
-    fence does not serve (the doc moved on since the caller read it) becomes its carried upsert.
+    An equal-version upsert replay is APPLIED (and changes nothing). An advance past a fence
+    that does not serve its rows (the doc moved on since the caller read it) is UNSERVED.
     """
     current = dict(fences)
     outcomes: list[WriteOutcome] = []
     winners: dict[str, DocWrite] = {}
-    for given in writes:
-        fence = current.get(given.doc_id)
-        write: DocWrite = given
-        if isinstance(given, AdvanceDoc) and not _serves_rows_of(fence, given.rows_version):
-            write = given.carried
+    for write in writes:
+        fence = current.get(write.doc_id)
         deleting = isinstance(write, DeleteDoc)
-        stale = fence is not None and (
+        if fence is not None and (
             write.version < fence.version
             or (write.version == fence.version and (deleting or fence.deleted))
-        )
-        outcomes.append(WriteOutcome.STALE if stale else WriteOutcome.APPLIED)
-        if not stale:
+        ):
+            outcomes.append(WriteOutcome.STALE)
+        elif (
+            isinstance(write, AdvanceDoc)
+            and not _serves_rows_of(fence, write.rows_version)
+            and (fence is None or fence.version < write.version)
+        ):
+            outcomes.append(WriteOutcome.UNSERVED)
+        else:
+            outcomes.append(WriteOutcome.APPLIED)
             current[write.doc_id] = marker_of(write)
             winners[write.doc_id] = write
     return outcomes, winners
@@ -208,16 +213,14 @@ def check_writes(writes: Sequence[DocWrite], dim: int) -> None:
     """Refuse a batch with a malformed upsert before anything is written."""
     seen: set[tuple[str, int]] = set()
     for write in writes:
-        if isinstance(write, AdvanceDoc) and not (
-            write.rows_version < write.version and write.rows.doc_id == write.doc_id
-        ):
+        if isinstance(write, AdvanceDoc) and not write.rows_version < write.version:
             raise PermanentError(
-                f"{write.doc_id}@{write.version}: an advance must be on older rows of its doc, "
-                f"not {write.rows.doc_id}@{write.rows_version}"
+                f"{write.doc_id}@{write.version}: an advance must be on older rows, "
+                f"not on those of version {write.rows_version}"
             )
-        doc = write.rows if isinstance(write, AdvanceDoc) else write
-        if not isinstance(doc, UpsertDoc) or not doc.chunks:
+        if not isinstance(write, UpsertDoc) or not write.chunks:
             continue
+        doc = write
         matrix = np.asarray(doc.vectors, dtype=np.float32)
         if matrix.shape != (len(doc.chunks), dim) or not np.isfinite(matrix).all():
             raise PermanentError(
@@ -282,7 +285,11 @@ class VersionedStore:
         new = [w for w in winners.values() if _newer(marker_of(w), before.get(w.doc_id))]
         await self._commit(new)
         if advances := [w for w in new if isinstance(w, AdvanceDoc)]:
-            await self._secure(advances)
+            lost = await self._lost(advances)
+            outcomes = [
+                WriteOutcome.UNSERVED if w.doc_id in lost and w is winners[w.doc_id] else o
+                for w, o in zip(writes, outcomes, strict=True)
+            ]
         if prune:
             await self._prune(doc_ids)
         else:
@@ -299,18 +306,16 @@ class VersionedStore:
         if writes:
             await self.index.insert_fences([marker_of(w) for w in writes])
 
-    async def _secure(self, advances: Sequence[AdvanceDoc]) -> None:
-        """Write the carried rows of each advance whose named rows may have been pruned before
-        its marker was in: a marker between them and it that serves other rows (or none) was
-        committed, and its writer prunes those rows if its fence read came before the advance's
-        marker. Carried rows under the advance's version outrank the advance (`DocState.order`).
-        A writer that prunes after the advance's marker keeps its rows (`prune_rows`), and its
-        marker came before this re-read, so no loss goes unseen."""
+    async def _lost(self, advances: Sequence[AdvanceDoc]) -> set[str]:
+        """The docs of the advances whose named rows may have been pruned before their marker
+        was in: a marker between them and it that serves other rows (or none) was committed,
+        and its writer prunes those rows if its fence read came before the advance's marker.
+        The caller writes such a version's own rows, which outrank the advance
+        (`DocState.order`). A writer that prunes after the advance's marker keeps its rows
+        (`prune_rows`), and its marker came before this re-read, so no loss goes unseen."""
         by_doc = {a.doc_id: a for a in advances}
         markers = await self.index.read_fences(list(by_doc))
-        lost = {m.doc_id for m in markers if _threatens(m, by_doc[m.doc_id])}
-        if lost:
-            await self._commit([by_doc[d].carried for d in lost])
+        return {m.doc_id for m in markers if _threatens(m, by_doc[m.doc_id])}
 
     async def prune(self) -> None:
         """Prune what applies with ``prune=False`` left (a writer calls it on a short timer
@@ -403,15 +408,19 @@ class VersionedStore:
     async def current_version(self, doc_id: str) -> DocState | None:
         return (await self.fences([doc_id])).get(doc_id)
 
-    async def served(self, doc_ids: Collection[str]) -> Served:
-        """The docs' fences and, for each live one, the rows and vectors it is served with (of
-        its fence's `rows` version; one concurrent read of each). Rows may be pruned by a newer
-        version at any time after this read, so a caller must not assume they are still there:
-        it copies them (or advances on them, `AdvanceDoc`)."""
+    async def served(
+        self, doc_ids: Collection[str], *, rows: Collection[str] | None = None
+    ) -> Served:
+        """The docs' fences and, for each live one of `rows` (default: all), the rows and
+        vectors it is served with (of its fence's `rows` version; one concurrent read of each).
+        Rows may be pruned by a newer version at any time after this read, so a caller must not
+        assume they are still there: it copies them (or advances on them, `AdvanceDoc`)."""
         if not doc_ids:
             return Served({}, {})
+        rows = doc_ids if rows is None else rows
         markers, docs = await asyncio.gather(
-            self.index.read_fences(doc_ids), self.index.read_rows(doc_ids)
+            self.index.read_fences(doc_ids),
+            self.index.read_rows(rows) if rows else _no_rows(),
         )
         fences = fence_of(markers)
         live = {
@@ -441,6 +450,10 @@ class VersionedStore:
 
 async def _nothing() -> None:
     return None
+
+
+async def _no_rows() -> list[UpsertDoc]:
+    return []
 
 
 def _docs_of(found: Candidates) -> set[str]:
@@ -473,8 +486,6 @@ def _threatens(marker: DocState, advance: AdvanceDoc) -> bool:
     rows, version = advance.rows_version, advance.version
     between = (rows, False, rows) < marker.order < (version, False, rows)
     return between and (marker.deleted or marker.rows != rows)
-
-
 
 
 def _ranked(

@@ -24,7 +24,7 @@ def served(version: int, made_from: str, *, deleted: bool = False) -> DocState:
         doc_id="k",
         version=version,
         deleted=deleted,
-        n_chunks=1,
+        n_chunks=3,
         indexed_at=datetime.now(UTC),
         fingerprint=made_from,
     )
@@ -34,6 +34,7 @@ def test_same_fingerprint_at_a_newer_version_is_unchanged(chunker: Chunker) -> N
     out = chunk_event(doc(2), chunker, 100, served(1, fingerprint(doc(1), chunker)))
     assert isinstance(out, DocUnchanged)
     assert (out.version, out.indexed_version, out.doc.version) == (2, 1, 2)
+    assert out.n_chunks == 3  # what the index serves: the embedder need not count the rows
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The embedder's logic on a real LanceDB index: only what changed is embedded."""
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from services.embedder.indexing import index_batch
 from shared.contracts import ChunkedDoc, DocIndexed, DocUnchanged, DocUpsert, IndexOutcome
 from shared.stage import Publication
 from shared.store.lancedb_store import LanceDBStore
-from shared.store.records import DocState, Vector
+from shared.store.records import DocState, Served, UpsertDoc, Vector
 
 DIM = 16
 
@@ -59,7 +59,9 @@ def chunked(chunker: Chunker, version: int, text: str = TEXT) -> ChunkedDoc:
     return event
 
 
-def unchanged(first: ChunkedDoc, version: int, indexed_version: int) -> DocUnchanged:
+def unchanged(
+    first: ChunkedDoc, version: int, indexed_version: int, n_chunks: int | None = None
+) -> DocUnchanged:
     doc = DocUpsert(doc_id="tapir", version=version, text=TEXT)
     return DocUnchanged(
         doc_id="tapir",
@@ -68,6 +70,7 @@ def unchanged(first: ChunkedDoc, version: int, indexed_version: int) -> DocUncha
         fingerprint=first.fingerprint,
         doc_emitted_at=doc.emitted_at,
         doc=doc,
+        n_chunks=n_chunks,
     )
 
 
@@ -82,8 +85,9 @@ async def index(
     return published
 
 
+@pytest.mark.parametrize("told", [True, False], ids=["chunker-counted", "rows-counted"])
 async def test_unchanged_doc_advances_on_its_rows_without_encoding(
-    chunker: Chunker, store: LanceDBStore
+    chunker: Chunker, store: LanceDBStore, told: bool
 ) -> None:
     embedder = CountingEmbedder()
     first = chunked(chunker, 1)
@@ -91,7 +95,8 @@ async def test_unchanged_doc_advances_on_its_rows_without_encoding(
     assert len(embedder.encoded) == len(first.chunks) > 1
     v1 = (await store.served(["tapir"])).docs
 
-    [ack] = await index([unchanged(first, 2, indexed_version=1)], embedder, store)
+    n_chunks = len(first.chunks) if told else None
+    [ack] = await index([unchanged(first, 2, 1, n_chunks)], embedder, store)
 
     assert isinstance(ack.event, DocIndexed) and ack.event.outcome is IndexOutcome.UNCHANGED
     assert ack.event.n_chunks == len(first.chunks) and ack.event.fingerprint == first.fingerprint
@@ -121,6 +126,41 @@ async def test_unchanged_doc_whose_base_is_gone_goes_back_to_be_chunked(
     assert resent.event.version == 3 and resent.event.text == TEXT
     state = await store.current_version("tapir")
     assert state is not None and state.version == 2  # nothing was written for v3
+
+
+class RacedStore(LanceDBStore):
+    """A LanceDB index on which another writer commits `racing` (and prunes) right after each
+    `served` read: the index moves on between a batch's read and its apply."""
+
+    racing: UpsertDoc | None = None
+
+    async def served(
+        self, doc_ids: Collection[str], *, rows: Collection[str] | None = None
+    ) -> Served:
+        read = await super().served(doc_ids, rows=rows)
+        if self.racing is not None:
+            other = LanceDBStore(self.index.path, dim=DIM)
+            await other.apply([self.racing])
+            await other.close()
+        return read
+
+
+async def test_unchanged_doc_whose_rows_go_before_its_marker_goes_back_to_be_chunked(
+    chunker: Chunker, tmp_path: Path
+) -> None:
+    store = RacedStore(tmp_path / "index", dim=DIM)
+    embedder = CountingEmbedder()
+    first = chunked(chunker, 1)
+    await index([first], embedder, store)
+    store.racing = UpsertDoc("tapir", 2, [], np.empty((0, DIM), np.float32))
+    try:
+        [resent] = await index([unchanged(first, 3, 1, len(first.chunks))], embedder, store)
+    finally:
+        await store.close()
+
+    assert resent.stream == "docs"
+    assert isinstance(resent.event, DocUpsert) and resent.event.force
+    assert resent.event.version == 3  # and once chunked, v3 gets rows of its own
 
 
 async def test_an_edit_encodes_only_the_chunks_whose_text_changed(

@@ -73,7 +73,7 @@ async def test_a_fence_table_from_before_advances_gets_their_column(tmp_path: Pa
             "b": DocState("b", 1, False),
         }
         first = upsert("a", 1, ["apple pie"])
-        assert await store.apply([AdvanceDoc("a", 2, first)]) == [APPLIED]
+        assert await store.apply([AdvanceDoc("a", 2, first.version)]) == [APPLIED]
         await store.prune()
         assert [
             (h.chunk.text, h.chunk.version) for h in await store.hybrid_search(bm25("apple"))

@@ -31,7 +31,7 @@ from shared.store.versioning import VersionedStore
 from tests.store.builders import DIM, bm25, dense, upsert, vec
 
 REPO = Path(__file__).resolve().parents[2]
-APPLIED, STALE = WriteOutcome.APPLIED, WriteOutcome.STALE
+APPLIED, STALE, UNSERVED = WriteOutcome.APPLIED, WriteOutcome.STALE, WriteOutcome.UNSERVED
 
 
 @pytest.fixture
@@ -207,7 +207,7 @@ async def test_fences_read_before_a_newer_write_cannot_bring_an_old_version_back
 
 def advance(doc: UpsertDoc, version: int) -> AdvanceDoc:
     """`doc` unchanged at `version`, served on the rows it was written with."""
-    return AdvanceDoc(doc.doc_id, version, doc)
+    return AdvanceDoc(doc.doc_id, version, doc.version)
 
 
 async def test_an_advance_serves_the_same_rows_under_the_new_version(
@@ -237,18 +237,20 @@ async def test_an_advance_serves_the_same_rows_under_the_new_version(
     assert await store.count_chunks("a") == 0 and await texts_of(store, "a") == []
 
 
-async def test_an_advance_whose_rows_were_pruned_meanwhile_writes_its_carried_rows(
+async def test_an_advance_whose_rows_were_pruned_meanwhile_is_unserved(
     store: VersionedStore,
 ) -> None:
     """The advance was planned on fences read at v1; v2 (other rows) committed and pruned v1's
-    rows before the advance's marker went in. The advance must not serve rows that are gone."""
+    rows before the advance's marker went in. The advance must not pass for served: its caller
+    writes the version's own rows, which then serve it."""
     first = upsert("a", 1, ["apple pie"])
     await store.apply([first])
     early = (await store.served(["a"])).fences
     await store.apply([upsert("a", 2, ["apple tart"])])
     assert await store.count_chunks("a") == 1  # v1's row is gone
 
-    assert await store.apply([advance(first, 3)], fences=early) == [APPLIED]
+    assert await store.apply([advance(first, 3)], fences=early) == [UNSERVED]
+    assert await store.apply([first.at(3)]) == [APPLIED]
 
     assert await texts_of(store, "a") == [("apple pie", 3)]
     await store.prune()
@@ -257,14 +259,18 @@ async def test_an_advance_whose_rows_were_pruned_meanwhile_writes_its_carried_ro
     assert await store.current_version("a") == DocState("a", 3, False)
 
 
-async def test_an_advance_planned_on_a_moved_fence_writes_its_carried_rows(
+async def test_an_advance_planned_on_a_moved_fence_is_unserved_and_writes_nothing(
     store: VersionedStore,
 ) -> None:
     first = upsert("a", 1, ["apple pie"])
     await store.apply([first, upsert("a", 2, ["apple tart"])])
-    assert await store.apply([advance(first, 3)]) == [APPLIED]
-    assert await texts_of(store, "a") == [("apple pie", 3)]
-    assert await store.current_version("a") == DocState("a", 3, False)
+    assert await store.apply([advance(first, 3)]) == [UNSERVED]
+    assert await store.apply([advance(first, 4), DeleteDoc("b", 1)]) == [UNSERVED, APPLIED]
+    assert await texts_of(store, "a") == [("apple tart", 2)]
+    assert await store.current_version("a") == DocState("a", 2, False)
+    # At or below the fence, an advance is what any write there is: applied (a no-op) or stale.
+    assert await store.apply([advance(first, 2), AdvanceDoc("a", 1, 0)]) == [APPLIED, STALE]
+    assert await store.current_version("a") == DocState("a", 2, False)
 
 
 async def test_delete_keeps_a_tombstone(store: VersionedStore) -> None:
@@ -449,9 +455,15 @@ async def test_concurrent_upserts_and_advances_converge_and_never_serve_a_mix(
         while not done.is_set():
             seen.append(await texts_of(stores[3], "x"))
 
+    async def apply(store: VersionedStore, write: DocWrite) -> None:
+        """As the embedder does: an unserved advance's version gets rows of its own."""
+        if await store.apply([write]) == [UNSERVED]:
+            assert isinstance(write, AdvanceDoc)
+            await store.apply([upserts[write.rows_version // 2 - 1].at(write.version)])
+
     try:
         reading = asyncio.create_task(read())
-        await asyncio.gather(*(stores[i % 3].apply([w]) for i, w in enumerate(writes)))
+        await asyncio.gather(*(apply(stores[i % 3], w) for i, w in enumerate(writes)))
         done.set()
         await reading
         for s in stores[:3]:

@@ -142,7 +142,7 @@ async def test_a_fence_collection_from_before_advances_gets_their_property(
     try:
         first = upsert("a", 1, ["apple pie"])
         await store.apply([first])
-        assert await store.apply([AdvanceDoc("a", 2, first)]) == [WriteOutcome.APPLIED]
+        assert await store.apply([AdvanceDoc("a", 2, first.version)]) == [WriteOutcome.APPLIED]
         await store.prune()
         hits = await store.hybrid_search(bm25("apple"))
         assert [(h.chunk.text, h.chunk.version) for h in hits] == [("apple pie", 2)]
