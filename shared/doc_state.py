@@ -8,6 +8,7 @@ backwards: two embedder replicas may commit v5 and v6 of a doc in either order, 
 """
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,12 +18,15 @@ from redis.asyncio import Redis
 from shared.contracts import DocIndexed, IndexOutcome
 
 _RECORD_IF_NEWER = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and tonumber(cjson.decode(current)['version']) > tonumber(ARGV[2]) then
-  return 0
+local recorded = 0
+for i = 1, #ARGV, 3 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if not (current and tonumber(cjson.decode(current)['version']) > tonumber(ARGV[i + 1])) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    recorded = recorded + 1
+  end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
+return recorded
 """
 
 
@@ -45,20 +49,24 @@ def state_key(indexed_stream: str) -> str:
     return f"{indexed_stream}:state"
 
 
-def record(pipe: Any, event: DocIndexed, *, indexed_stream: str) -> None:
-    """Queue the recording of `event` on a Redis pipeline (called inside the ack transaction)."""
-    if event.outcome is IndexOutcome.STALE:
-        return
-    state = DocState(
-        doc_id=event.doc_id,
-        version=event.version,
-        deleted=event.outcome is IndexOutcome.DELETED,
-        n_chunks=event.n_chunks,
-        indexed_at=event.indexed_at,
-        fingerprint=event.fingerprint,
-    )
-    value = state.model_dump_json(exclude={"doc_id"})
-    pipe.eval(_RECORD_IF_NEWER, 1, state_key(indexed_stream), event.doc_id, event.version, value)
+def record(pipe: Any, events: Sequence[DocIndexed], *, indexed_stream: str) -> None:
+    """Queue the recording of `events`, in order, on a Redis pipeline as one command (called
+    inside the ack transaction)."""
+    args: list[str | int] = []
+    for event in events:
+        if event.outcome is IndexOutcome.STALE:
+            continue
+        state = DocState(
+            doc_id=event.doc_id,
+            version=event.version,
+            deleted=event.outcome is IndexOutcome.DELETED,
+            n_chunks=event.n_chunks,
+            indexed_at=event.indexed_at,
+            fingerprint=event.fingerprint,
+        )
+        args += [event.doc_id, event.version, state.model_dump_json(exclude={"doc_id"})]
+    if args:
+        pipe.eval(_RECORD_IF_NEWER, 1, state_key(indexed_stream), *args)
 
 
 async def read(redis: Redis, indexed_stream: str, doc_id: str) -> DocState | None:

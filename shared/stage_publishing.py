@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from shared.subscription import Subscription
 
 log = structlog.get_logger("ragstream.stage")
-Projection = Callable[[Any, Any], None]
-"""Queues the read-model update of one published event on the commit's Redis pipeline."""
+Projection = Callable[[Any, Sequence[Any]], None]
+"""Queues the read-model update of the events one commit publishes on a stream, in order, on
+the commit's Redis pipeline."""
 StreamProjection = Callable[[Any, str, Any], None]
 """Like `Projection`, also told the stream (for `Publishing.project_under`)."""
 
@@ -46,20 +47,25 @@ class Publishing:
 
     def project(self, stream: str, projection: Projection) -> None:
         """Also apply every event this stage publishes on `stream` to a read model, in the same
-        transaction as the XADD (e.g. the embedder's per-doc state, see `shared.doc_state`)."""
+        transaction as the XADD (e.g. the embedder's per-doc state, see `shared.doc_state`); the
+        projection gets all of one commit's events at once."""
         self._projections[stream] = projection
 
     def project_under(self, prefix: str, projection: StreamProjection) -> None:
         """`project` for every stream whose name starts with `prefix` (e.g. reply streams)."""
         self._projections_under.append((prefix, projection))
 
-    def _project(self, pipe: Any, publication: Publication) -> None:
-        projection = self._projections.get(publication.stream)
-        if projection is not None:
-            projection(pipe, publication.event)
-        for prefix, project in self._projections_under:
-            if publication.stream.startswith(prefix):
-                project(pipe, publication.stream, publication.event)
+    def _project(self, pipe: Any, publications: Sequence[Publication]) -> None:
+        by_stream: dict[str, list[Any]] = {}
+        for publication in publications:
+            by_stream.setdefault(publication.stream, []).append(publication.event)
+        for stream, events in by_stream.items():
+            if (projection := self._projections.get(stream)) is not None:
+                projection(pipe, events)
+            for prefix, project in self._projections_under:
+                if stream.startswith(prefix):
+                    for event in events:
+                        project(pipe, stream, event)
 
     def _xadd(self, pipe: Any, stream: str, fields: wire.Fields) -> None:
         """XADD; streams no group reads are trimmed by age, stage inputs never here."""
@@ -92,20 +98,22 @@ class Publishing:
         async with self.redis.pipeline(transaction=False) as pipe:
             if any(fenced for fenced, _ in fences):
                 scripted: list[tuple[ownership.Lease | None, ownership.Command]] = []
+                projected: list[Publication] = []
                 for p, (fenced, lease) in zip(publications, fences, strict=True):
                     if fenced and lease is None:
                         continue  # not (or no longer) this consumer's work
                     fields = wire.encode(p.event)
                     tracing.inject(fields)
                     scripted.append((lease, self._xadd_command(p.stream, fields)))
-                    self._project(pipe, p)
+                    projected.append(p)
                 pipe.eval(ownership.STREAMED, 0, *ownership.streamed_args(scripted))
+                self._project(pipe, projected)
             else:
                 for p in publications:
                     fields = wire.encode(p.event)
                     tracing.inject(fields)
                     self._xadd(pipe, p.stream, fields)
-                    self._project(pipe, p)
+                self._project(pipe, publications)
             await pipe.execute()
 
     def _fence(self, publication: Publication) -> tuple[bool, ownership.Lease | None]:
@@ -188,8 +196,7 @@ class Publishing:
                 args += ownership.commit_entry_args(entry.id, lease, always, commands)
                 committed.append((entry, dead))
             pipe.eval(ownership.COMMIT, 1, stream, *args)
-            for p in projected:  # of every output: see docs/reliability.md
-                self._project(pipe, p)
+            self._project(pipe, projected)  # of every output: see docs/reliability.md
             states = (await pipe.execute())[0]
         self.leases.drop(stream, [entry.id for entry, _ in committed])
         self._tally(stream, committed, [int(state) for state in states])

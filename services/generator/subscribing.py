@@ -156,11 +156,12 @@ class Subscriptions:
                 pipe, self.keys, event.query_id, event.doc_id, event.old_version
             )
 
-    def on_query(self, pipe: Any, event: Any) -> None:
+    def on_query(self, pipe: Any, events: Sequence[Any]) -> None:
         """Projection on the queries stream: the generator publishes there only queries it
         regenerates."""
-        if isinstance(event, Query):
-            answer_watch.regenerating(pipe, self.keys, event.query_id)
+        for event in events:
+            if isinstance(event, Query):
+                answer_watch.regenerating(pipe, self.keys, event.query_id)
 
     def _record(self, pipe: Any, stream: str, answer: Answer, note: Note) -> None:
         query = note.query

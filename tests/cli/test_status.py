@@ -73,7 +73,7 @@ async def populate(redis: Redis, streams: StreamSettings) -> None:
             ("gone", 2, IndexOutcome.DELETED, 0),
         ]:
             doc_state.record(
-                pipe, ack(doc_id, version, outcome, 1, n), indexed_stream=streams.indexed
+                pipe, [ack(doc_id, version, outcome, 1, n)], indexed_stream=streams.indexed
             )
         await pipe.execute()
     for n in range(2):

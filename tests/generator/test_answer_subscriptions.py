@@ -183,7 +183,7 @@ async def test_an_answer_outdated_while_it_was_generated_is_invalidated_in_its_o
     """The ack of v5 came while the answer (from v3) was generated, before its subscription
     existed: the watcher could not tell it, so the answer's own commit does."""
     async with redis.pipeline(transaction=True) as pipe:
-        doc_state.record(pipe, ack("mars", 5), indexed_stream=streams.indexed)
+        doc_state.record(pipe, [ack("mars", 5)], indexed_stream=streams.indexed)
         await pipe.execute()
     subscriptions = Subscriptions(redis, GeneratorSettings(), streams)
     query = Query(

@@ -25,7 +25,7 @@ def ack(version: int, outcome: IndexOutcome, n_chunks: int = 3) -> DocIndexed:
 async def record(redis: Redis, stream: str, *events: DocIndexed) -> None:
     for event in events:
         async with redis.pipeline(transaction=True) as pipe:
-            doc_state.record(pipe, event, indexed_stream=stream)
+            doc_state.record(pipe, [event], indexed_stream=stream)
             await pipe.execute()
 
 
@@ -42,6 +42,21 @@ async def test_newest_version_wins_in_any_order(redis: Redis, streams: StreamSet
     assert (state.version, state.deleted) == (5, True)
     assert await doc_state.read(redis, streams.indexed, "other") is None
     assert await doc_state.count(redis, streams.indexed) == 1
+
+
+async def test_one_commit_records_many_docs_newest_last_or_not(
+    redis: Redis, streams: StreamSettings
+) -> None:
+    events = [ack(4, IndexOutcome.INDEXED, 2), ack(6, IndexOutcome.INDEXED, 3),
+              ack(5, IndexOutcome.INDEXED, 9),
+              ack(1, IndexOutcome.INDEXED, 1).model_copy(update={"doc_id": "d2"})]  # fmt: skip
+    async with redis.pipeline(transaction=True) as pipe:
+        doc_state.record(pipe, events, indexed_stream=streams.indexed)
+        assert len(pipe.command_stack) == 1  # one command, however many events
+        await pipe.execute()
+    first, second = await doc_state.read_many(redis, streams.indexed, ["d1", "d2"])
+    assert first is not None and (first.version, first.n_chunks) == (6, 3)
+    assert second is not None and (second.version, second.n_chunks) == (1, 1)
 
 
 async def test_recorded_in_the_transaction_that_acks(
