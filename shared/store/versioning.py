@@ -28,6 +28,8 @@ tombstone. `apply` commits in this order:
 4. re-read the fences; delete the rows below each fence but those it serves (at or below a
    tombstone) and, where the read showed any, the markers below it (garbage only: they never
    decide anything, so leaving some behind is harmless and the doc's next write removes them).
+   A fence that is an advance, with every marker below it naming its rows, frees no rows: the
+   row delete is skipped (it is most of an unchanged re-sync's index work).
 
 **An unchanged doc advances without copying rows.** An `AdvanceDoc` inserts only a marker
 ``(doc_id, version, rows_version)``: the new version serves the rows of the version the index
@@ -45,7 +47,9 @@ invisible without their marker; step 3's leftovers are invisible below the new f
 redelivered event replays every step and heals it. No orphan survives convergence: a row ``r``
 of an older version is committed before its writer ``W`` prunes; if ``W``'s fence read already
 sees the final fence ``F``, ``W`` deletes ``r``; if not, ``F``'s marker was inserted after that
-read, hence after ``r``, and the writer of ``F`` prunes after its marker and deletes ``r``.
+read, hence after ``r``, and the writer of ``F`` prunes after its marker and deletes ``r`` —
+or, if ``F`` is an advance (which skips the row delete), the writer of the doc's next version
+with rows of its own does. Such a row is invisible meanwhile: no marker names it.
 
 A search reads its candidate lists first and the fences of the docs in them after: a prune
 only starts once a newer marker is visible, so a reader that still sees the old fence saw all
@@ -330,14 +334,19 @@ class VersionedStore:
             raise
 
     async def _prune(self, doc_ids: Sequence[str]) -> None:
+        """Step 4 for these docs. A doc whose fence is an advance and whose markers all name
+        the fence's rows has no rows to delete (see the module's docstring). The garbage markers
+        go after the rows, so a failed row delete is retried on the evidence they give."""
         markers = await self.index.read_fences(doc_ids)
         after = fence_of(markers)
-        if after:
-            garbage = [m for m in markers if m != after[m.doc_id]]
-            await asyncio.gather(
-                self.index.prune_rows(list(after.values())),
-                self.index.delete_markers(garbage) if garbage else _nothing(),
-            )
+        freeing = {
+            m.doc_id for m in markers
+            if after[m.doc_id].rows_version is None or m.deleted or m.rows != after[m.doc_id].rows
+        }  # fmt: skip
+        if freeing:
+            await self.index.prune_rows([after[d] for d in freeing])
+        if garbage := [m for m in markers if m != after[m.doc_id]]:
+            await self.index.delete_markers(garbage)
 
     async def hybrid_search(self, request: SearchRequest) -> list[Hit]:
         """Read the lists, keep the rows of each doc's fenced version, fuse (unless the index
@@ -446,10 +455,6 @@ class VersionedStore:
             await self.prune()
         finally:
             await self.index.close()
-
-
-async def _nothing() -> None:
-    return None
 
 
 async def _no_rows() -> list[UpsertDoc]:
