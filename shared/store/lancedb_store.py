@@ -117,7 +117,7 @@ class LanceDBIndex:
         self._chunks: Any = None
         self._fences: Any = None  # lancedb is untyped
         self._lock = asyncio.Lock()
-        self._optimized_at = 0  # chunk-table version after the last optimize()
+        self._optimized_at = [0, 0]  # each table's version after its last optimize()
 
     async def open(self) -> None:
         async with self._lock:
@@ -224,16 +224,17 @@ class LanceDBIndex:
         timer) from one writer, off the ack path; it loses commit races to concurrent writes,
         which are retried. Versions older than ``cleanup_older_than`` are deleted: keep it well
         above the longest read another process may still be running. With `min_new_versions`,
-        it does nothing until the chunk table has gained that many versions since the last run,
-        so a writer can call it often and pay only when writes have piled up.
+        it leaves a table alone until it has gained that many versions since its last run, so a
+        writer can call it often and pay only when writes have piled up (a re-sync of unchanged
+        docs writes only fence markers: the fence table piles up versions alone).
         """
-        tables = await self._tables()
-        if await tables[0].version() - self._optimized_at < min_new_versions:
-            return
-        for table in tables:
+        for i, table in enumerate(await self._tables()):
+            if await table.version() - self._optimized_at[i] < min_new_versions:
+                continue
             await _retry(partial(table.optimize, cleanup_older_than=cleanup_older_than))
-        await self._ensure_vector_index(tables[0])
-        self._optimized_at = await tables[0].version()
+            if i == 0:
+                await self._ensure_vector_index(table)
+            self._optimized_at[i] = await table.version()
 
     async def _ensure_vector_index(self, chunks: Any) -> None:
         """Past ``ann_min_rows`` rows, build the ANN index on the vectors; `optimize` folds

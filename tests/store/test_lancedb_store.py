@@ -143,6 +143,24 @@ async def test_optimize_waits_for_enough_new_versions(store: LanceDBStore) -> No
     assert [h.chunk.text for h in await store.hybrid_search(bm25("text"))] == ["text 5"]
 
 
+async def test_optimize_compacts_a_fence_table_that_grew_alone(store: LanceDBStore) -> None:
+    """A re-sync of unchanged docs writes only markers: their table is optimized on its own."""
+    await store.apply([upsert("d", 1, ["text"]), upsert("e", 1, ["more text"])])
+    await store.optimize(min_new_versions=1)
+    chunks, fences = await store.index._tables()
+    rows_at = await chunks.version()
+    for v in range(2, 8):
+        await store.apply([AdvanceDoc("d", v, 1)])
+    assert await chunks.version() == rows_at  # no rows were written (nor pruned)
+    markers_at = await fences.version()
+
+    await store.optimize(min_new_versions=5)
+
+    assert await chunks.version() == rows_at
+    assert await fences.version() > markers_at  # optimized on its own count
+    assert await store.current_version("d") == DocState("d", 7, False, rows_version=1)
+
+
 def test_plan() -> None:
     fences = {"a": DocState("a", 3, False), "t": DocState("t", 3, True)}
     writes: list[DocWrite] = [
