@@ -35,11 +35,13 @@ class EmbedderSettings(StageSettings):
         default=10.0, gt=0, description="How often the writer looks for generations to drop."
     )
     optimize_check_s: float = Field(
-        default=2.0, description="How often the writer checks whether to compact the index."
+        default=0.5, description="How often the writer checks whether to compact the index."
     )
     optimize_after_versions: int = Field(
-        default=100,
+        default=20,
         ge=1,
-        description="Compact and re-index once the index has gained this many table versions "
-        "(~2 per write batch): unoptimised, searches slow down (~12 → ~100 ms after 300 writes).",
+        description="Compact and re-index a table once it has gained this many versions (each "
+        "write batch and each prune adds one or two): unoptimised, searches and writes slow "
+        "down (~12 → ~100 ms after 300 writes). Single updates on an idle 1,000-doc index took "
+        "p50 64 / p99 121 ms at 20 (checked every 0.5 s), 74 / 166 ms at 100 (every 2 s).",
     )
