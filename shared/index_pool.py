@@ -13,6 +13,7 @@ from shared.contracts.base import utcnow
 from shared.embedding import Embedder, load_embedder
 from shared.errors import REDIS_DOWN
 from shared.generations import Generation, Registry
+from shared.recent_vectors import RecentVectors
 from shared.settings import EmbeddingSettings, StoreSettings
 from shared.store.base import Store
 from shared.store.factory import open_store
@@ -22,11 +23,13 @@ log = structlog.get_logger("ragstream.generations")
 
 @dataclass(frozen=True, slots=True)
 class Index:
-    """One generation's store and the model that embeds for it."""
+    """One generation's store, the model that embeds for it, and the vectors a writer last
+    wrote or read of its docs."""
 
     generation: Generation
     embedder: Embedder
     store: Store
+    recent: RecentVectors
 
 
 class IndexPool:
@@ -42,8 +45,12 @@ class IndexPool:
         *,
         embedder: Embedder,
         store: Store,
+        recent_vectors: int = 0,
     ) -> None:
+        """`recent_vectors`: how many vectors each index's `RecentVectors` holds (a writer's)."""
         self.redis, self.indexed_stream = redis, indexed_stream
+        self.recent_vectors = recent_vectors
+        self._recent: dict[str, RecentVectors] = {}
         self.store_settings, self.embedding_settings = store_settings, embedding_settings
         self._embedders: dict[str, Embedder] = {_model_key(embedding_settings): embedder}
         self._stores: dict[str, Store] = {store_settings.table: store}
@@ -75,7 +82,8 @@ class IndexPool:
         if generation.table not in self._stores:
             table = self.store_settings.model_copy(update={"table": generation.table})
             self._stores[generation.table] = open_store(table, dim=embedder.dim)
-        return Index(generation, embedder, self._stores[generation.table])
+        recent = self._recent.setdefault(generation.table, RecentVectors(self.recent_vectors))
+        return Index(generation, embedder, self._stores[generation.table], recent)
 
     async def serving(self) -> Index:
         """The serving generation's index. A generation being built gets its model loaded in
@@ -117,6 +125,7 @@ class IndexPool:
             for generation in gone:
                 index = await self.index(generation)
                 self._stores.pop(generation.table, None)
+                self._recent.pop(generation.table, None)
                 await index.store.drop()
                 await index.store.close()
                 log.info("dropped generation", table=generation.table)

@@ -23,7 +23,13 @@ embedding, store_settings = EmbeddingSettings(), StoreSettings()
 embedder = load_embedder(embedding)
 store = open_store(store_settings, dim=embedder.dim)
 pool = IndexPool(
-    stage.redis, stage.streams.indexed, store_settings, embedding, embedder=embedder, store=store
+    stage.redis,
+    stage.streams.indexed,
+    store_settings,
+    embedding,
+    embedder=embedder,
+    store=store,
+    recent_vectors=settings.recent_vectors,
 )
 stage.subscribe(
     stage.streams.chunks,

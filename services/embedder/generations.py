@@ -33,6 +33,7 @@ async def write_batch(
             out_stream,
             docs_stream,
             also=others,
+            recent=serving.recent,
         )
         for i, outcome in zip(live, done, strict=True):
             outcomes[i] = outcome

@@ -10,7 +10,8 @@ has. Other generations (`also`) get an advance as a copy of the served rows, emb
 own model.
 """
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -23,6 +24,7 @@ from shared.contracts import ChunkedDoc, DocDelete, DocIndexed, DocUnchanged, In
 from shared.contracts.base import utcnow
 from shared.embedding import Embedder, encode_async
 from shared.index_pool import Index
+from shared.recent_vectors import RecentVectors
 from shared.stage import Outcome, Publication
 from shared.store.base import Store
 from shared.store.records import (
@@ -203,19 +205,22 @@ async def index_batch(
     docs_stream: str = "rag.docs",
     *,
     also: Sequence[Index] = (),
+    recent: RecentVectors | None = None,
 ) -> list[Outcome]:
     """Embed what changed in the batch in one go, apply all writes, ack each event. The same
     writes go to the `also` generations first (a reindex is building one, or one was retired
-    recently), so an acked version is in every generation a reader may be using."""
+    recently), so an acked version is in every generation a reader may be using. `recent`:
+    what this writer last wrote or read of the docs (see `_reusable`), kept up to date."""
     keep = newest_per_doc(events)
     kept = {i: e for i, e in enumerate(events) if i in keep}
-    upserts = [e.doc_id for e in kept.values() if not isinstance(e, DocDelete)]
-    rows = [e.doc_id for e in kept.values() if _reads_rows(e, copies=bool(also))]
-    served = await store.served(upserts, rows=rows) if upserts else Served({}, {})
-
     records = {i: records_of(e) for i, e in kept.items() if isinstance(e, ChunkedDoc)}
-    texts = [_text(r) for doc in records.values() for r in doc]
-    vectors, n_embedded = await embed_missing(texts, known_vectors(served.docs), embedder)
+    texts_of = {i: [_text(r) for r in doc] for i, doc in records.items()}
+    served, known, n_guessed = await _reusable(
+        kept, texts_of, store, embedder, recent or RecentVectors(0), copies=bool(also)
+    )
+    texts = [t for doc in texts_of.values() for t in doc]
+    vectors, n_embedded = await embed_missing(texts, known, embedder)
+    n_embedded += n_guessed
     planned = _writes_of(kept, served, records, vectors)
     metrics.chunk_vectors.labels("embedded").inc(n_embedded)
     metrics.chunk_vectors.labels("reused").inc(sum(planned.n_chunks) - n_embedded)
@@ -225,12 +230,85 @@ async def index_batch(
     # The prune is left to the stage's timer (`Store.prune`): off the ack path, one per many
     # batches; readers never see the rows it removes anyway.
     results = await store.apply(planned.writes, fences=served.fences, prune=False)
+    if recent is not None:
+        _remember(recent, served.docs.values(), planned.writes, results)
     for index, position in planned.of_event.items():
         event = kept[index]
         if results[position] is WriteOutcome.UNSERVED and isinstance(event, DocUnchanged):
             planned.resend[index] = event
     log.debug("embedded", n_embedded=n_embedded, n_texts=len(texts))
     return _outcomes(events, planned, results, out_stream, docs_stream)
+
+
+async def _reusable(
+    kept: Mapping[int, ChunkEvent],
+    texts_of: Mapping[int, Sequence[str]],
+    store: Store,
+    embedder: Embedder,
+    recent: RecentVectors,
+    *,
+    copies: bool,
+) -> tuple[Served, dict[str, Vector], int]:
+    """The batch's fences (and the served rows it needs), the vectors its chunked docs can
+    reuse (embedding text → vector), and how many texts it embedded on the way.
+
+    The rows of a chunked doc whose served rows this writer last wrote or read (`recent`) are
+    not read: its texts those rows lack are embedded while the fences load, and its cached
+    vectors are used if its fence still serves those rows (else its rows are read after all)."""
+    upserts = [e.doc_id for e in kept.values() if not isinstance(e, DocDelete)]
+    if not upserts:
+        return Served({}, {}), {}, 0
+    cached = {
+        e.doc_id: (known, texts_of[i])
+        for i, e in kept.items()
+        if isinstance(e, ChunkedDoc) and (known := recent.get(e.doc_id)) is not None
+    }
+    rows = [e.doc_id for e in kept.values() if _reads_rows(e, copies) and e.doc_id not in cached]
+    guess = list(
+        dict.fromkeys(
+            t for known, texts in cached.values() for t in texts if known.vector(t) is None
+        )
+    )
+    served, guessed = await asyncio.gather(
+        store.served(upserts, rows=rows), encode_async(embedder, guess) if guess else _none()
+    )
+    reusable: dict[str, Vector] = dict(
+        zip(guess, guessed if guessed is not None else [], strict=True)
+    )
+    missed = []
+    for doc_id, (known, texts) in cached.items():
+        fence = served.fences.get(doc_id)
+        if fence is not None and not fence.deleted and fence.rows == known.rows_version:
+            reusable.update((t, v) for t in texts if (v := known.vector(t)) is not None)
+        else:
+            missed.append(doc_id)
+    if missed:  # the index moved on since this writer saw these docs
+        served = Served(served.fences, {**served.docs, **(await store.served(missed)).docs})
+    reusable.update(known_vectors(served.docs))
+    return served, reusable, len(guess)
+
+
+async def _none() -> None:
+    return None
+
+
+def _remember(
+    recent: RecentVectors,
+    read: Iterable[UpsertDoc],
+    writes: Sequence[DocWrite],
+    results: Sequence[WriteOutcome],
+) -> None:
+    """Keep `recent` to what the index serves as far as this writer knows: the rows it read,
+    then the versions it wrote (an advance serves the rows it names: nothing changes)."""
+    for doc in read:
+        recent.put(doc.doc_id, doc.version, [_text(c) for c in doc.chunks], doc.vectors)
+    for write, result in zip(writes, results, strict=True):
+        if result is not WriteOutcome.APPLIED:
+            continue
+        if isinstance(write, UpsertDoc):
+            recent.put(write.doc_id, write.version, [_text(c) for c in write.chunks], write.vectors)
+        elif isinstance(write, DeleteDoc):
+            recent.forget(write.doc_id)
 
 
 def _outcomes(

@@ -18,6 +18,14 @@ class EmbedderSettings(StageSettings):
         "re-sync of unchanged docs twice as fast at 256 as at 64); a lone update is written "
         "at once either way.",
     )
+    recent_vectors: int = Field(
+        default=20_000,
+        ge=0,
+        description="Vectors the writer keeps of the docs it last wrote or read, per index "
+        "(~1.5 KB each at dim 384; least recently used docs dropped first). An update of a doc "
+        "it holds skips the read of the doc's served rows and embeds its new chunks while the "
+        "fences load. 0 turns it off.",
+    )
     prune_interval_s: float = Field(
         default=0.2,
         gt=0,

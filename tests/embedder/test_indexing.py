@@ -9,11 +9,13 @@ import pytest
 
 from services.chunker.chunking import Chunker, load_tokenizer
 from services.chunker.events import chunk_event
-from services.embedder.indexing import index_batch
+from services.embedder.indexing import index_batch, records_of
+from shared.chunk_text import embedding_text
 from shared.contracts import ChunkedDoc, DocIndexed, DocUnchanged, DocUpsert, IndexOutcome
+from shared.recent_vectors import RecentVectors
 from shared.stage import Publication
 from shared.store.lancedb_store import LanceDBStore
-from shared.store.records import DocState, Served, UpsertDoc, Vector
+from shared.store.records import DocState, Served, UpsertDoc, Vector, WriteOutcome
 
 DIM = 16
 
@@ -75,9 +77,14 @@ def unchanged(
 
 
 async def index(
-    events: Sequence[ChunkedDoc | DocUnchanged], embedder: CountingEmbedder, store: LanceDBStore
+    events: Sequence[ChunkedDoc | DocUnchanged],
+    embedder: CountingEmbedder,
+    store: LanceDBStore,
+    recent: RecentVectors | None = None,
 ) -> list[Publication]:
-    outcomes = await index_batch(events, embedder, store, out_stream="out", docs_stream="docs")
+    outcomes = await index_batch(
+        events, embedder, store, out_stream="out", docs_stream="docs", recent=recent
+    )
     published: list[Publication] = []
     for outcome in outcomes:
         assert not isinstance(outcome, Exception), outcome
@@ -186,3 +193,60 @@ async def test_an_edit_encodes_only_the_chunks_whose_text_changed(
     for chunk, vector in zip(v2.chunks, v2.vectors, strict=True):
         if chunk.text in old:  # a reused vector is the very one the first version stored
             np.testing.assert_array_equal(vector, old[chunk.text])
+
+
+def texts_and_vectors(doc: UpsertDoc) -> tuple[list[str], Vector]:
+    return [embedding_text(c.title, c.section_path, c.text) for c in doc.chunks], doc.vectors
+
+
+async def test_an_edit_of_a_doc_this_writer_knows_reads_no_rows_and_embeds_only_new_text(
+    chunker: Chunker, store: LanceDBStore
+) -> None:
+    embedder, recent = CountingEmbedder(), RecentVectors(1000)
+    first = chunked(chunker, 1)
+    await index([first], embedder, store, recent)
+    v1 = (await store.served(["tapir"])).docs["tapir"]
+    texts, vectors = texts_and_vectors(v1)
+    recent.put("tapir", 1, texts, -vectors)  # what it remembers, told apart from the index's
+    embedder.encoded.clear()
+
+    second = chunked(chunker, 2, TEXT.replace("Paragraph 5 says", "Paragraph 5 now says"))
+    [ack] = await index([second], embedder, store, recent)
+
+    assert isinstance(ack.event, DocIndexed) and ack.event.outcome is IndexOutcome.INDEXED
+    assert len(embedder.encoded) == 1 and "Paragraph 5 now says" in embedder.encoded[0]
+    v2 = (await store.served(["tapir"])).docs["tapir"]
+    remembered = dict(zip(texts, -vectors, strict=True))
+    reused = [(t, v) for t, v in zip(*texts_and_vectors(v2), strict=True) if t in remembered]
+    assert len(reused) == len(second.chunks) - 1
+    for text, vector in reused:  # the remembered vectors, not the index's: no rows were read
+        np.testing.assert_array_equal(vector, remembered[text])
+    known = recent.get("tapir")
+    assert known is not None and known.rows_version == 2 and len(known.vectors) == len(reused) + 1
+
+
+async def test_a_doc_another_writer_moved_on_is_read_after_all(
+    chunker: Chunker, store: LanceDBStore
+) -> None:
+    embedder, recent = CountingEmbedder(), RecentVectors(1000)
+    await index([chunked(chunker, 1)], embedder, store, recent)
+    text_2 = TEXT.replace("Paragraph 2 says", "Paragraph 2 now says")
+    records = records_of(chunked(chunker, 2, text_2))
+    texts = [embedding_text(r.title, r.section_path, r.text) for r in records]
+    other = UpsertDoc("tapir", 2, records, -CountingEmbedder().encode(texts))  # told apart
+    assert await store.apply([other]) == [WriteOutcome.APPLIED]  # by another writer
+    assert recent.get("tapir") is not None  # still v1's, as far as this writer knows
+    v2 = (await store.served(["tapir"])).docs["tapir"]
+
+    third = chunked(chunker, 3, text_2.replace("Paragraph 6 says", "Paragraph 6 now says"))
+    [ack] = await index([third], embedder, store, recent)
+
+    assert isinstance(ack.event, DocIndexed) and ack.event.outcome is IndexOutcome.INDEXED
+    stored = dict(zip(*texts_and_vectors(v2), strict=True))
+    v3 = (await store.served(["tapir"])).docs["tapir"]
+    reused = [(t, v) for t, v in zip(*texts_and_vectors(v3), strict=True) if t in stored]
+    assert len(reused) == len(third.chunks) - 1
+    for text, vector in reused:  # v2's rows were read: its vectors are reused
+        np.testing.assert_array_equal(vector, stored[text])
+    known = recent.get("tapir")
+    assert known is not None and known.rows_version == 3
