@@ -224,17 +224,16 @@ def check_writes(writes: Sequence[DocWrite], dim: int) -> None:
             )
         if not isinstance(write, UpsertDoc) or not write.chunks:
             continue
-        doc = write
-        matrix = np.asarray(doc.vectors, dtype=np.float32)
-        if matrix.shape != (len(doc.chunks), dim) or not np.isfinite(matrix).all():
+        matrix = np.asarray(write.vectors, dtype=np.float32)
+        if matrix.shape != (len(write.chunks), dim) or not np.isfinite(matrix).all():
             raise PermanentError(
-                f"{doc.doc_id}@{doc.version}: vectors of shape {matrix.shape} for "
-                f"{len(doc.chunks)} chunks of dim {dim}, or not finite"
+                f"{write.doc_id}@{write.version}: vectors of shape {matrix.shape} for "
+                f"{len(write.chunks)} chunks of dim {dim}, or not finite"
             )
-        for chunk in doc.chunks:
-            if (chunk.doc_id, chunk.version) != (doc.doc_id, doc.version):
+        for chunk in write.chunks:
+            if (chunk.doc_id, chunk.version) != (write.doc_id, write.version):
                 raise PermanentError(
-                    f"{chunk.chunk_id} is not a chunk of {doc.doc_id}@{doc.version}"
+                    f"{chunk.chunk_id} is not a chunk of {write.doc_id}@{write.version}"
                 )
             key = (chunk.chunk_id, chunk.version)
             if key in seen:
