@@ -4,13 +4,20 @@ Two tables: ``<table>`` holds one row per chunk *version* (key ``row_id`` = ``ch
 text, BM25-indexed ``search_text``, vector, metadata tags), and ``<table>_fences`` holds the fence
 markers (key ``doc_id@version`` plus ``~`` for a tombstone). `shared.store.versioning` says how
 `apply` commits and why a reader never sees a doc half-updated; this module only provides the
-primitives: idempotent inserts (merge-insert on the key, insert when not matched), deletes by
-predicate, the two candidate lists, compaction.
+primitives: inserts, deletes by predicate, the two candidate lists, compaction.
+
+Markers are merge-inserted on their key (insert when not matched). Rows are appended: a
+merge-insert's join on ``row_id`` cost as much as the rest of a one-doc update. So a version's
+rows can be stored twice, by a redelivery that races its first delivery or follows a crash
+between the rows and the marker. Reads return each row once (`fuse` keeps a repeated row's
+best score, `read_rows` and `count_rows` each row once), and the doc's next version prunes both
+copies.
 
 LanceDB is embedded: one directory, shared by processes on one machine (or one volume). Lance
 serialises commits; a conflicting one is retried (Lance retries merge-inserts itself, and
-``_retry`` covers the rest). Both tables declare an unenforced primary key, without which two
-concurrent merge-inserts of a new key both insert it (checked on lancedb 0.40). For several
+``_retry`` covers the rest). The fence table declares an unenforced primary key, without which
+two concurrent merge-inserts of a new key both insert it (checked on lancedb 0.40); the chunk
+table declares one too, from when its rows were merge-inserted. For several
 machines, use the Weaviate store.
 """
 
@@ -26,6 +33,7 @@ from typing import Any, TypeVar
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from lancedb.index import FTS, BTree, HnswSq, IvfPq, LabelList
 
 from shared.chunk_text import search_text
@@ -100,7 +108,7 @@ class LanceDBIndex:
     reader in another process sees a write as soon as it is committed."""
 
     settle_s = 0.0
-    """A merge-insert is one commit: its rows become visible together."""
+    """An insert is one commit: its rows become visible together."""
 
     def __init__(
         self,
@@ -162,7 +170,7 @@ class LanceDBIndex:
     async def insert_rows(self, docs: Sequence[UpsertDoc]) -> None:
         chunks, _ = await self._tables()
         rows = self._rows(docs)
-        await _retry(lambda: _insert_new(chunks, "row_id", rows))
+        await _retry(partial(chunks.add, rows))
 
     async def insert_fences(self, fences: Sequence[DocState]) -> None:
         _, table = await self._tables()
@@ -336,9 +344,12 @@ class LanceDBIndex:
         return _docs_of_table(await query.to_arrow())
 
     async def count_rows(self, doc_id: str | None = None) -> int:
+        """Distinct rows: a row stored twice counts once (it reads every ``row_id``)."""
         chunks, _ = await self._tables()
-        where = None if doc_id is None else f"doc_id = {_sql(doc_id)}"
-        return int(await chunks.count_rows(where))
+        query = chunks.query().select(["row_id"])
+        if doc_id is not None:
+            query = query.where(f"doc_id = {_sql(doc_id)}")
+        return len(pc.unique((await query.to_arrow()).column("row_id")))
 
     async def close(self) -> None:
         async with self._lock:
@@ -428,20 +439,21 @@ async def _nothing() -> Scored:
 
 
 def _docs_of_table(table: pa.Table) -> list[UpsertDoc]:
-    """Group rows (with their vectors) into one `UpsertDoc` per doc version, in ordinal order.
-    The vectors are taken from Arrow as one array (as Python lists they cost most of a read)."""
+    """Group rows (with their vectors) into one `UpsertDoc` per doc version, in ordinal order,
+    each row once. The vectors are taken from Arrow as one array (as Python lists they cost most
+    of a read)."""
     if not table.num_rows:
         return []
     column = table.column("vector").combine_chunks()
     vectors = column.flatten().to_numpy().astype(np.float32, copy=False)
     vectors = vectors.reshape(len(column), -1)
     rows = table.drop_columns(["vector"]).to_pylist()
-    grouped: dict[tuple[str, int], list[int]] = {}
+    grouped: dict[tuple[str, int], dict[str, int]] = {}
     for i, row in enumerate(rows):
-        grouped.setdefault((row["doc_id"], row["version"]), []).append(i)
+        grouped.setdefault((row["doc_id"], row["version"]), {}).setdefault(row["chunk_id"], i)
     docs = []
-    for (doc_id, version), positions in grouped.items():
-        positions.sort(key=lambda i: rows[i]["ordinal"])
+    for (doc_id, version), first in grouped.items():
+        positions = sorted(first.values(), key=lambda i: rows[i]["ordinal"])
         chunks = [_chunk(rows[i]) for i in positions]
         docs.append(UpsertDoc(doc_id, version, chunks, vectors[positions]))
     return docs

@@ -103,7 +103,8 @@ class Candidates:
 
 
 class VersionedIndex(Protocol):
-    """What a backend provides. Every write is idempotent; none is conditional."""
+    """What a backend provides. Every write is idempotent as its reads see it; none is
+    conditional."""
 
     dim: int
     settle_s: float
@@ -119,7 +120,8 @@ class VersionedIndex(Protocol):
         ...
 
     async def insert_rows(self, docs: Sequence[UpsertDoc]) -> None:
-        """Insert the docs' rows under ``(chunk_id, version)``; raise unless all are stored."""
+        """Insert the docs' rows under ``(chunk_id, version)``; raise unless all are stored. A
+        row inserted again may be stored twice, if every read returns it once."""
         ...
 
     async def insert_fences(self, fences: Sequence[DocState]) -> None:

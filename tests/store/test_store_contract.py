@@ -367,6 +367,25 @@ async def test_crash_between_commits_never_shows_a_subset(store: VersionedStore)
     assert await texts_of(store, "a") == whole_v2
 
 
+async def test_rows_inserted_again_are_read_once(store: VersionedStore) -> None:
+    """A redelivery after a crash between a version's rows and its marker inserts the rows
+    again, and so does one racing the first delivery (LanceDB appends them a second time)."""
+    doc = upsert("a", 1, ["apple pie", "apple tart"])
+    await store.index.insert_rows([doc])  # crash after step 2
+    assert await store.apply([doc]) == [APPLIED]  # the redelivery
+    await store.index.insert_rows([doc])  # a racing redelivery, past its fence read
+
+    assert await store.count_chunks("a") == 2
+    assert await store.count_chunks() == 2
+    hybrid = SearchRequest(text="apple", vector=vec(0), mode="hybrid", k=10)
+    for request in (bm25("apple", k=10), dense(vec(0), k=10), hybrid):
+        hits = await store.hybrid_search(request)
+        assert sorted(h.chunk.text for h in hits) == ["apple pie", "apple tart"], request.mode
+    served = await store.served(["a"])
+    assert [c.text for c in served.docs["a"].chunks] == ["apple pie", "apple tart"]
+    assert len(served.docs["a"].vectors) == 2
+
+
 async def test_readers_never_see_a_subset_under_concurrent_updates(
     store_settings: StoreSettings, store: VersionedStore
 ) -> None:
