@@ -3,7 +3,7 @@ ANN recall, memory and disk.
 
     python -m bench.scale --corpus ../shared/datasets/scifact/corpus.jsonl \
         --queries ../shared/datasets/scifact/queries-train.jsonl [--chunks 1000000] [--n 200] \
-        [--write store|bulk] [--source-docs N] [--root DIR [--reuse]]
+        [--write store|bulk] [--source-docs N] [--root DIR [--reuse [--rebuild-ann]]]
 
 Source chunks: the SciFact chunks and vectors of the evaluation's cached index (same chunker and
 embedder settings, `ragstream eval` builds it), else the first `--source-docs` docs chunked
@@ -16,7 +16,9 @@ Write path `store` (default): `LanceDBStore.apply` in batches of `--batch-docs` 
 fence markers, prune: the embedder's path), `optimize` every `--optimize-every` batches as the
 embedder does; `bulk`: the rows appended in large batches and the markers inserted once. Then a
 final `optimize` builds the ANN index (`--ann-min-rows`, default: the row count, so the index is
-trained on the whole table once) and folds every row into the FTS index.
+trained on the whole table once, `--partition-rows` rows a partition) and folds every row into
+the FTS index. `--rebuild-ann` drops a reused index's ANN index and has `optimize` train a new
+one (to compare partition sizes on the same rows).
 
 Queries: `--n` SciFact train queries, embedded with the retriever's embedder, asked one at a
 time through `hybrid_search` (fences applied, k=10, `--candidates` deep; the retriever's
@@ -212,6 +214,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     settings = StoreSettings(
         lancedb_path=root, ann_min_rows=args.ann_min_rows or args.chunks,
         ann_index=args.ann_index, ann_nprobes=args.nprobes, ann_refine_factor=args.refine_factor,
+        ann_partition_rows=args.partition_rows,
     )  # fmt: skip
     store = LanceDBStore(root, vectors.shape[1], settings=settings)
     try:
@@ -219,7 +222,13 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         path = "reused: built by an earlier run" if reuse else await write(store, docs, args)
         inserted = time.perf_counter()
         del docs
-        if not reuse:  # ANN index + FTS fold-in
+        if reuse and args.rebuild_ann:
+            path += "; ANN index rebuilt"
+            chunks, _ = await store.index._tables()
+            for index in await chunks.list_indices():
+                if "vector" in index.columns:
+                    await chunks.drop_index(index.name)
+        if not reuse or args.rebuild_ann:  # ANN index (+ FTS fold-in)
             await store.index.optimize(cleanup_older_than=timedelta(0))
         built = time.perf_counter()
         rows = await store.count_chunks()
@@ -249,7 +258,9 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "source": origin,
         "write_path": path,
         "ann": {"index": args.ann_index, "min_rows": settings.ann_min_rows,
-                "nprobes": args.nprobes, "refine_factor": args.refine_factor},
+                "partition_rows": None if reuse and not args.rebuild_ann else args.partition_rows,
+                "nprobes": args.nprobes,
+                "refine_factor": args.refine_factor},
         "indices": {name: kind for name, (kind, _) in indices.items()},
         "insert_s": round(inserted - started, 1),
         "optimize_s": round(built - inserted, 1),
@@ -289,11 +300,17 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(".ragstream/eval-cache"))
     parser.add_argument("--ann-min-rows", type=int, default=0, help="default: --chunks")
     parser.add_argument("--ann-index", choices=("ivf_pq", "ivf_hnsw_sq"), default="ivf_pq")
+    parser.add_argument(
+        "--partition-rows", type=int, default=StoreSettings().ann_partition_rows, help="ivf_pq"
+    )
     parser.add_argument("--nprobes", type=int, default=StoreSettings().ann_nprobes)
     parser.add_argument("--refine-factor", type=int, default=StoreSettings().ann_refine_factor)
     parser.add_argument("--root", type=Path, default=None, help="index dir (default: temp)")
     parser.add_argument(
         "--reuse", action="store_true", help="query the index at --root, built by an earlier run"
+    )
+    parser.add_argument(
+        "--rebuild-ann", action="store_true", help="with --reuse: train a new ANN index first"
     )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

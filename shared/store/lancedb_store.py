@@ -523,7 +523,11 @@ def _ann_config(settings: StoreSettings, dim: int) -> IvfPq | HnswSq:
     # dim/8 sub-vectors (48 bytes a 384-dim row), twice LanceDB's default: better ranking
     # before the refine step re-scores the candidates exactly.
     sub_vectors = dim // 8 if dim % 8 == 0 else None
-    return IvfPq(distance_type="cosine", num_sub_vectors=sub_vectors)
+    return IvfPq(
+        distance_type="cosine",
+        num_sub_vectors=sub_vectors,
+        target_partition_size=settings.ann_partition_rows,
+    )
 
 
 def _is_io_error(exc: BaseException) -> bool:

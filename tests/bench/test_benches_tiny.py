@@ -67,12 +67,15 @@ def test_query_bench() -> None:
     assert_instrumented(result, {"chunker", "embedder", "retriever", "reranker", "generator"})
 
 
-def test_scale_bench() -> None:
-    result = run_bench(
+def test_scale_bench(tmp_path: Path) -> None:
+    common = (
         "bench.scale", "--corpus", str(SCIFACT / "corpus.jsonl"),
         "--queries", str(SCIFACT / "queries-train.jsonl"), "--chunks", "3000", "--n", "10",
-        "--warmup", "5", "--source-docs", "30", "--batch-docs", "100", "--optimize-every", "5",
+        "--warmup", "5", "--root", str(tmp_path / "index"),
     )  # fmt: skip
+    result = run_bench(
+        *common, "--source-docs", "30", "--batch-docs", "100", "--optimize-every", "5"
+    )
     assert result["chunks"] == 3000
     indices = result["indices"]
     assert isinstance(indices, dict)
@@ -80,6 +83,14 @@ def test_scale_bench() -> None:
     assert result["queries"] == 10 and result["warmup_queries"] == 5
     assert float(result["recall_at_10"]) >= 0.9
     assert int(result["disk_bytes_per_million_chunks"]) > 0
+
+    rebuilt = run_bench(*common, "--reuse", "--rebuild-ann", "--partition-rows", "256")
+    assert rebuilt["write_path"] == "reused: built by an earlier run; ANN index rebuilt"
+    assert rebuilt["chunks"] == 3000
+    assert rebuilt["indices"] == indices
+    ann_bytes = [r["index_bytes"]["vector_ann_3000"] for r in (result, rebuilt)]
+    assert ann_bytes[0] != ann_bytes[1]  # retrained: 11 partitions (centroids), not 2
+    assert float(rebuilt["recall_at_10"]) >= 0.9
 
 
 def test_stream_memory_bench() -> None:
