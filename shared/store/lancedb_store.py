@@ -17,8 +17,8 @@ LanceDB is embedded: one directory, shared by processes on one machine (or one v
 serialises commits; a conflicting one is retried (Lance retries merge-inserts itself, and
 ``_retry`` covers the rest). The fence table declares an unenforced primary key, without which
 two concurrent merge-inserts of a new key both insert it (checked on lancedb 0.40); the chunk
-table declares one too, from when its rows were merge-inserted. For several
-machines, use the Weaviate store.
+table declares one too, from when its rows were merge-inserted. For several machines, use the
+Weaviate store.
 """
 
 import asyncio
