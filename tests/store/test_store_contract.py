@@ -498,7 +498,7 @@ async def test_concurrent_upserts_and_advances_converge_and_never_serve_a_mix(
             await s.close()
 
 
-async def test_concurrent_redeliveries_insert_each_row_once(store_settings: StoreSettings) -> None:
+async def test_concurrent_redeliveries_are_read_as_one(store_settings: StoreSettings) -> None:
     doc = upsert("x", 1, ["one", "two", "three"])
     stores = [open_store(store_settings, DIM) for _ in range(3)]
     try:
